@@ -1,0 +1,274 @@
+"""The embedded SQLite store (the default; nothing to install).
+
+Design:
+- ``resource`` holds the current version of each resource (one row per type/id, with a
+  stable integer key ``rid`` that search index rows refer to); ``history`` holds every
+  version, ordered by a global sequence that history paging uses as its cursor.
+- WAL journal, ``synchronous=NORMAL``: a committed unit of work survives a process kill;
+  an interrupted one leaves nothing behind (SQLite's atomic commit).
+- One writer connection used only inside units of work, which run one at a time under
+  an asyncio lock and ``BEGIN IMMEDIATE`` (which also serialises writers in other
+  processes); one reader connection for everything else, which sees committed data only.
+- SQLite calls are quick and run on the event loop thread; they never wait on the
+  network. Large imports should use the ``load`` command rather than the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fhir_server.storage.port import (
+    HistoryPage,
+    HistoryQuery,
+    Method,
+    NewVersion,
+    StoredVersion,
+    UnitOfWork,
+    VersionConflict,
+)
+from fhir_server.storage.sqlite import search_index
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resource (
+    rid INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    method TEXT NOT NULL,
+    content BLOB,
+    UNIQUE (type, id)
+);
+CREATE INDEX IF NOT EXISTS resource_type_updated ON resource (type, last_updated);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rid INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    method TEXT NOT NULL,
+    content BLOB,
+    UNIQUE (rid, version)
+);
+CREATE INDEX IF NOT EXISTS history_type_seq ON history (type, seq);
+CREATE INDEX IF NOT EXISTS history_updated ON history (last_updated);
+"""
+
+_VERSION_COLS = "type, id, version, last_updated, method, content"
+
+
+def _row_to_version(row: Sequence[Any]) -> StoredVersion:
+    method: Method = row[4]
+    return StoredVersion(row[0], row[1], row[2], row[3], method, row[5])
+
+
+def connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:" and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, uri=True)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA mmap_size=268435456")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+def _read_current(conn: sqlite3.Connection, resource_type: str, id: str) -> StoredVersion | None:
+    row = conn.execute(
+        f"SELECT {_VERSION_COLS} FROM resource WHERE type = ? AND id = ?", (resource_type, id)
+    ).fetchone()
+    return _row_to_version(row) if row else None
+
+
+class _SqliteUnitOfWork:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def read(self, resource_type: str, id: str) -> StoredVersion | None:
+        return _read_current(self._conn, resource_type, id)
+
+    async def put(self, version: NewVersion) -> StoredVersion:
+        conn = self._conn
+        row = conn.execute(
+            "SELECT rid, version FROM resource WHERE type = ? AND id = ?",
+            (version.resource_type, version.id),
+        ).fetchone()
+        current = row[1] if row else None
+        if version.version != (current or 0) + 1:
+            raise VersionConflict(version.resource_type, version.id, version.version - 1, current)
+        if row is None:
+            rid = conn.execute(
+                "INSERT INTO resource (type, id, version, last_updated, method, content)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    version.resource_type,
+                    version.id,
+                    version.version,
+                    version.last_updated,
+                    version.method,
+                    version.content,
+                ),
+            ).lastrowid
+            assert rid is not None
+        else:
+            rid = row[0]
+            conn.execute(
+                "UPDATE resource SET version = ?, last_updated = ?, method = ?, content = ?"
+                " WHERE rid = ?",
+                (version.version, version.last_updated, version.method, version.content, rid),
+            )
+        conn.execute(
+            "INSERT INTO history (rid, type, id, version, last_updated, method, content)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                rid,
+                version.resource_type,
+                version.id,
+                version.version,
+                version.last_updated,
+                version.method,
+                version.content,
+            ),
+        )
+        if version.resource is None:
+            search_index.delete(conn, rid)
+        else:
+            search_index.write(conn, rid, version.resource_type, version.resource)
+        return StoredVersion(
+            version.resource_type,
+            version.id,
+            version.version,
+            version.last_updated,
+            version.method,
+            version.content,
+        )
+
+    async def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
+        return search_index.search_ids(self._conn, resource_type, params)
+
+
+class SqliteStore:
+    """Store on one SQLite database file (or ``:memory:`` for tests)."""
+
+    def __init__(self, path: str) -> None:
+        if path == ":memory:":
+            # A shared-cache in-memory database so reader and writer see the same data.
+            path = f"file:fhir-mem-{id(self)}?mode=memory&cache=shared"
+        self.path = path
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._writer = connect(self.path)
+        self._writer.executescript(SCHEMA)
+        search_index.create_schema(self._writer)
+        self._reader = connect(self.path)
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        return self._reader
+
+    @property
+    def writer(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
+
+    async def read(self, resource_type: str, id: str) -> StoredVersion | None:
+        return _read_current(self.reader, resource_type, id)
+
+    async def vread(self, resource_type: str, id: str, version: int) -> StoredVersion | None:
+        row = self.reader.execute(
+            f"SELECT {_VERSION_COLS} FROM history WHERE rid ="
+            " (SELECT rid FROM resource WHERE type = ? AND id = ?) AND version = ?",
+            (resource_type, id, version),
+        ).fetchone()
+        return _row_to_version(row) if row else None
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.id is not None:
+            row = self.reader.execute(
+                "SELECT rid FROM resource WHERE type = ? AND id = ?",
+                (query.resource_type, query.id),
+            ).fetchone()
+            if row is None:
+                return HistoryPage((), None)
+            where.append("rid = ?")
+            args.append(row[0])
+        elif query.resource_type is not None:
+            where.append("type = ?")
+            args.append(query.resource_type)
+        if query.since is not None:
+            where.append("last_updated >= ?")
+            args.append(query.since)
+        if query.at is not None:
+            # the version current at `at`: written at or before it, not superseded by then
+            where.append("last_updated <= ?")
+            args.append(query.at)
+            where.append(
+                "NOT EXISTS (SELECT 1 FROM history h2 WHERE h2.rid = history.rid"
+                " AND h2.version > history.version AND h2.last_updated <= ?)"
+            )
+            args.append(query.at)
+        if query.before_seq is not None:
+            where.append("seq < ?")
+            args.append(query.before_seq)
+        sql = f"SELECT seq, {_VERSION_COLS} FROM history"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(query.count + 1)
+        rows = self.reader.execute(sql, args).fetchall()
+        more = len(rows) > query.count
+        rows = rows[: query.count]
+        versions = [_row_to_version(r[1:]) for r in rows]
+        return HistoryPage(versions, rows[-1][0] if more and rows else None)
+
+    async def search(self, query: Any) -> Any:
+        """Run a parsed search (see :mod:`fhir_server.search`) on committed data."""
+        return search_index.search(self.reader, query)
+
+    async def count(self, resource_type: str | None = None) -> int:
+        if resource_type is None:
+            row = self.reader.execute(
+                "SELECT count(*) FROM resource WHERE content IS NOT NULL"
+            ).fetchone()
+        else:
+            row = self.reader.execute(
+                "SELECT count(*) FROM resource WHERE type = ? AND content IS NOT NULL",
+                (resource_type,),
+            ).fetchone()
+        return int(row[0])
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        async with self._lock:
+            conn = self.writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteUnitOfWork(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")

@@ -9,12 +9,16 @@ from pathlib import Path
 
 from fhir_server.settings import Settings
 
+DEFAULT_DATABASE = Settings().database
 DEMO_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(database=args.database, host=getattr(args, "host", "127.0.0.1"),
-                    port=getattr(args, "port", 8080))
+    return Settings(
+        database=args.database,
+        host=getattr(args, "host", "127.0.0.1"),
+        port=getattr(args, "port", 8080),
+    )
 
 
 def _files(paths: list[str]) -> list[Path]:
@@ -94,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the FHIR server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--database", default=Settings.database)
+    serve.add_argument("--database", default=DEFAULT_DATABASE)
     serve.add_argument("--demo", action="store_true", help="load the demo clinic first")
     serve.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
     serve.set_defaults(func=cmd_serve)
     load = sub.add_parser("load", help="import Bundles and NDJSON files")
     load.add_argument("files", nargs="+")
-    load.add_argument("--database", default=Settings.database)
+    load.add_argument("--database", default=DEFAULT_DATABASE)
     load.add_argument("--quiet", action="store_true")
     load.set_defaults(func=cmd_load)
     args = parser.parse_args(argv)

@@ -73,9 +73,7 @@ def error(code: IssueCode, diagnostics: str, *expression: str) -> Issue:
 def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
     items = [i.to_json() for i in issues]
     if not items:
-        items = [
-            {"severity": "information", "code": "informational", "diagnostics": "All OK"}
-        ]
+        items = [{"severity": "information", "code": "informational", "diagnostics": "All OK"}]
     return {"resourceType": "OperationOutcome", "issue": items}
 
 
@@ -91,9 +89,7 @@ class FhirError(Exception):
         return f"{self.status}: " + "; ".join(i.diagnostics for i in self.issues)
 
     @classmethod
-    def of(
-        cls, status: int, code: IssueCode, diagnostics: str, *expression: str
-    ) -> FhirError:
+    def of(cls, status: int, code: IssueCode, diagnostics: str, *expression: str) -> FhirError:
         return cls(status, (error(code, diagnostics, *expression),))
 
 

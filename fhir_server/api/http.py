@@ -40,8 +40,10 @@ def _accepts_json(accept: str | None, fmt: str | None) -> bool:
         return True
     for part in accept.split(","):
         media = part.split(";")[0].strip().lower()
-        if media in _JSON_FORMATS or media in ("*/*", "application/*", "") or media.endswith(
-            "+json"
+        if (
+            media in _JSON_FORMATS
+            or media in ("*/*", "application/*", "")
+            or media.endswith("+json")
         ):
             return True
     return False
@@ -69,8 +71,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _is_single_read(req: FhirRequest) -> bool:
     parts = [p for p in req.path.split("/") if p]
     return req.method in ("GET", "HEAD") and (
-        len(parts) == 2 and not parts[1].startswith(("_", "$"))
-        or len(parts) == 4 and parts[2] == "_history"
+        (len(parts) == 2 and not parts[1].startswith(("_", "$")))
+        or (len(parts) == 4 and parts[2] == "_history")
     )
 
 
@@ -83,7 +85,9 @@ def _encode(req: FhirRequest, resp: FhirResponse, pretty: bool) -> bytes | None:
         return None
     if not (pretty or summary or elements):
         return resp.content if resp.content is not None else jsonio.dumps(resp.resource)
-    resource: Any = resp.resource if resp.resource is not None else jsonio.loads(resp.content or b"")
+    resource: Any = (
+        resp.resource if resp.resource is not None else jsonio.loads(resp.content or b"")
+    )
     if summary or elements:
         resource = representation.shape(resource, summary, elements)
     return jsonio.dumps(resource, pretty=pretty)
@@ -121,10 +125,10 @@ async def handle(request: Request, ctx: Context, path: str) -> Response:
         return error_response(err, pretty)
     except Exception:  # a bug, not the client's fault: say so without leaking internals
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        err = FhirError(
+        internal = FhirError(
             500, (Issue("fatal", "exception", "Internal server error; the error was logged"),)
         )
-        return error_response(err, pretty)
+        return error_response(internal, pretty)
     if request.method == "HEAD":
         content = None
     headers = dict(resp.headers)

@@ -23,8 +23,8 @@ from fhir_server.errors import FhirError, Issue, bad_request, operation_outcome
 from fhir_server.interactions import resources as res
 from fhir_server.interactions import write
 from fhir_server.interactions.context import Context
-from fhir_server.interactions.rest import written
 from fhir_server.interactions.model import FhirRequest, FhirResponse
+from fhir_server.interactions.rest import written
 from fhir_server.storage.port import UnitOfWork
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -255,14 +255,16 @@ async def _assign_identities(uow: UnitOfWork, entries: list[_Entry]) -> dict[str
         query = e.query
         if e.method == "POST":
             if rid is not None:
-                raise bad_request("A POST entry's url must be a resource type", f"{e.where}.request.url")
+                raise bad_request(
+                    "A POST entry's url must be a resource type", f"{e.where}.request.url"
+                )
             criteria = e.headers.get("if-none-exist")
-            matches = (
-                await uow.search(rtype, write.criteria_params(criteria)) if criteria else []
-            )
+            matches = await uow.search(rtype, write.criteria_params(criteria)) if criteria else []
             if len(matches) > 1:
                 raise FhirError.of(
-                    412, "multiple-matches", f"ifNoneExist '{criteria}' matched {len(matches)} resources"
+                    412,
+                    "multiple-matches",
+                    f"ifNoneExist '{criteria}' matched {len(matches)} resources",
                 )
             e.existing = bool(matches)
             e.assigned_id = matches[0] if matches else res.new_id()
@@ -271,7 +273,8 @@ async def _assign_identities(uow: UnitOfWork, entries: list[_Entry]) -> dict[str
             matches = await uow.search(rtype, query)
             if len(matches) > 1:
                 raise FhirError.of(
-                    412, "multiple-matches",
+                    412,
+                    "multiple-matches",
                     f"The conditional {e.method} '{e.url}' matched {len(matches)} resources",
                 )
             if matches:
@@ -320,7 +323,8 @@ async def _rewrite_references(
             # an internal reference to a fullUrl not in this transaction
             if not any(c.get("id") == target for c in resource.get("contained", []) or []):
                 raise FhirError.of(
-                    404, "not-found",
+                    404,
+                    "not-found",
                     f"Reference '{target}' points to no entry of this transaction",
                     f"{where}.resource",
                 )

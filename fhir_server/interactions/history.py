@@ -10,11 +10,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fhir_server import jsonio
+from fhir_server.datetimes import instant_lower_bound
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.interactions import resources as res
 from fhir_server.interactions.context import Context
 from fhir_server.interactions.model import FhirRequest, FhirResponse
-from fhir_server.datetimes import instant_lower_bound
 from fhir_server.storage.port import HistoryQuery, StoredVersion
 
 CURSOR = "_cursor"
@@ -77,9 +77,13 @@ async def history(
         before_seq=int(cursor_raw) if cursor_raw else None,
     )
     page = await ctx.store.history(query)
-    if id is not None and not page.versions and cursor_raw is None:
-        if await ctx.store.read(resource_type or "", id) is None:
-            raise FhirError.of(404, "not-found", f"{resource_type}/{id} is not known")
+    if (
+        id is not None
+        and not page.versions
+        and cursor_raw is None
+        and await ctx.store.read(resource_type or "", id) is None
+    ):
+        raise FhirError.of(404, "not-found", f"{resource_type}/{id} is not known")
     path = "/".join(p for p in (resource_type, id, "_history") if p)
     base_params = [(k, v) for k, v in req.params if k != CURSOR]
     links = [{"relation": "self", "url": _url(ctx, path, list(req.params))}]

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
 JSON_TYPES = ("application/fhir+json", "application/json")
 FHIR_JSON = "application/fhir+json"
 

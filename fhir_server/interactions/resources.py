@@ -33,9 +33,7 @@ def check_type(resource_type: str) -> None:
 
 def check_id(id: str) -> None:
     if not ID_RE.fullmatch(id):
-        raise bad_request(
-            f"'{id}' is not a valid resource id (1-64 of A-Z a-z 0-9 - .)"
-        )
+        raise bad_request(f"'{id}' is not a valid resource id (1-64 of A-Z a-z 0-9 - .)")
 
 
 def parse_body(body: bytes | None) -> Any:

@@ -22,7 +22,9 @@ def _gone(v: StoredVersion) -> FhirError:
     err = FhirError.of(
         410, "deleted", f"{v.resource_type}/{v.id} was deleted (version {v.version})"
     )
-    err.headers.update({"ETag": res.etag(v.version), "Last-Modified": res.http_date(v.last_updated)})
+    err.headers.update(
+        {"ETag": res.etag(v.version), "Last-Modified": res.http_date(v.last_updated)}
+    )
     return err
 
 
@@ -128,9 +130,7 @@ async def update(ctx: Context, req: FhirRequest, resource_type: str, id: str) ->
     res.check_id(id)
     resource = res.parse_resource(req, resource_type)
     async with ctx.writing() as uow:
-        result = await write.update(
-            ctx, uow, resource_type, id, resource, if_match=_if_match(req)
-        )
+        result = await write.update(ctx, uow, resource_type, id, resource, if_match=_if_match(req))
     return written(ctx, req, result, location=result.status == 201)
 
 

@@ -141,9 +141,7 @@ async def update(
     _if_match(current, if_match, f"{resource_type}/{id}")
     next_version = (current.version if current else 0) + 1
     created = current is None or current.deleted
-    version = await _put(
-        uow, resource_type, id, next_version, method, resource, res.now_instant()
-    )
+    version = await _put(uow, resource_type, id, next_version, method, resource, res.now_instant())
     return WriteResult(version, 201 if created else 200, resource, issues)
 
 

@@ -60,9 +60,7 @@ async def invoke(ctx: Context, req: FhirRequest, parts: list[str]) -> FhirRespon
     if level not in op.levels or (
         rtype is not None and op.resource_types is not None and rtype not in op.resource_types
     ):
-        raise FhirError.of(
-            404, "not-supported", f"${name} is not available at '{req.path}'"
-        )
+        raise FhirError.of(404, "not-supported", f"${name} is not available at '{req.path}'")
     method = "GET" if req.method == "HEAD" else req.method
     if method not in op.methods:
         raise FhirError.of(405, "not-supported", f"${name} does not accept {req.method}")

@@ -30,7 +30,10 @@ async def test_transaction_resolves_urn_uuid_references(client: httpx.AsyncClien
                 {
                     "resourceType": "Encounter",
                     "status": "finished",
-                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                    "class": {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                        "code": "AMB",
+                    },
                     "subject": {"reference": pat},
                 },
             ),
@@ -59,7 +62,10 @@ async def test_transaction_resolves_urn_uuid_references(client: httpx.AsyncClien
 async def test_transaction_is_all_or_nothing(client: httpx.AsyncClient) -> None:
     bundle = tx(
         [
-            post("urn:uuid:aaaaaaaa-0000-0000-0000-000000000001", {"resourceType": "Patient", "id": "x"}),
+            post(
+                "urn:uuid:aaaaaaaa-0000-0000-0000-000000000001",
+                {"resourceType": "Patient", "id": "x"},
+            ),
             {
                 "resource": {"resourceType": "Patient", "id": "t2", "gender": "banana"},
                 "request": {"method": "PUT", "url": "Patient/t2"},
@@ -112,8 +118,12 @@ async def test_transaction_unresolvable_reference(client: httpx.AsyncClient) -> 
         [
             post(
                 "urn:uuid:aaaaaaaa-0000-0000-0000-000000000009",
-                {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                 "subject": {"reference": "urn:uuid:aaaaaaaa-0000-0000-0000-00000000000f"}},
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "x"},
+                    "subject": {"reference": "urn:uuid:aaaaaaaa-0000-0000-0000-00000000000f"},
+                },
             )
         ]
     )
@@ -124,9 +134,14 @@ async def test_transaction_unresolvable_reference(client: httpx.AsyncClient) -> 
 async def test_batch_entries_are_independent(client: httpx.AsyncClient) -> None:
     bundle = tx(
         [
-            {"resource": {"resourceType": "Patient", "id": "b1"}, "request": {"method": "PUT", "url": "Patient/b1"}},
-            {"resource": {"resourceType": "Patient", "id": "b2", "gender": "banana"},
-             "request": {"method": "PUT", "url": "Patient/b2"}},
+            {
+                "resource": {"resourceType": "Patient", "id": "b1"},
+                "request": {"method": "PUT", "url": "Patient/b1"},
+            },
+            {
+                "resource": {"resourceType": "Patient", "id": "b2", "gender": "banana"},
+                "request": {"method": "PUT", "url": "Patient/b2"},
+            },
             {"request": {"method": "GET", "url": "Patient/missing"}},
             {"request": {"method": "GET", "url": "Banana/1"}},
         ],

@@ -74,7 +74,9 @@ async def test_update_rejects_missing_or_mismatched_id(client: httpx.AsyncClient
     assert r.status_code == 400 and "must carry an id" in outcome_text(r)
     r = await client.put("Patient/p2", json=patient(id="other"), headers=FHIR)
     assert r.status_code == 400 and "does not match" in outcome_text(r)
-    r = await client.put("Patient/p2", json={"resourceType": "Observation", "id": "p2"}, headers=FHIR)
+    r = await client.put(
+        "Patient/p2", json={"resourceType": "Observation", "id": "p2"}, headers=FHIR
+    )
     assert r.status_code == 400 and "does not match the type" in outcome_text(r)
     r = await client.put("Patient/bad_id!", json=patient(id="bad_id!"), headers=FHIR)
     assert r.status_code == 400
@@ -101,13 +103,9 @@ async def test_delete_then_read_is_gone_and_history_keeps_it(client: httpx.Async
 
 async def test_if_match(client: httpx.AsyncClient) -> None:
     await client.put("Patient/m1", json=patient(id="m1"), headers=FHIR)
-    r = await client.put(
-        "Patient/m1", json=patient(id="m1"), headers={**FHIR, "If-Match": 'W/"2"'}
-    )
+    r = await client.put("Patient/m1", json=patient(id="m1"), headers={**FHIR, "If-Match": 'W/"2"'})
     assert r.status_code == 412 and "version 1" in outcome_text(r)
-    r = await client.put(
-        "Patient/m1", json=patient(id="m1"), headers={**FHIR, "If-Match": 'W/"1"'}
-    )
+    r = await client.put("Patient/m1", json=patient(id="m1"), headers={**FHIR, "If-Match": 'W/"1"'})
     assert r.status_code == 200
     r = await client.put("Patient/m1", json=patient(id="m1"), headers={**FHIR, "If-Match": "junk"})
     assert r.status_code == 400
@@ -124,9 +122,7 @@ async def test_conditional_read_headers(client: httpx.AsyncClient) -> None:
 
 
 async def test_prefer_return(client: httpx.AsyncClient) -> None:
-    r = await client.post(
-        "Patient", json=patient(), headers={**FHIR, "Prefer": "return=minimal"}
-    )
+    r = await client.post("Patient", json=patient(), headers={**FHIR, "Prefer": "return=minimal"})
     assert r.status_code == 201 and r.content == b"" and "location" in r.headers
     r = await client.post(
         "Patient", json=patient(), headers={**FHIR, "Prefer": "return=OperationOutcome"}
@@ -144,7 +140,10 @@ async def test_format_pretty_summary_elements(client: httpx.AsyncClient) -> None
         json=patient(
             id="f1",
             gender="male",
-            text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+            text={
+                "status": "generated",
+                "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>',
+            },
             photo=[{"contentType": "image/png", "data": "AAAA"}],
         ),
         headers=FHIR,
@@ -173,15 +172,23 @@ async def test_format_pretty_summary_elements(client: httpx.AsyncClient) -> None
 async def test_error_statuses(client: httpx.AsyncClient) -> None:
     r = await client.post("Patient", content=b'{"resourceType": "Patient",', headers=FHIR)
     assert r.status_code == 400 and "malformed JSON" in outcome_text(r)
-    r = await client.post("Patient", content=b'{"resourceType":"Patient","gender":"male","gender":"female"}', headers=FHIR)
+    r = await client.post(
+        "Patient",
+        content=b'{"resourceType":"Patient","gender":"male","gender":"female"}',
+        headers=FHIR,
+    )
     assert r.status_code == 400 and "duplicate" in outcome_text(r)
     r = await client.get("Banana/1")
     assert r.status_code == 404 and "Unknown resource type" in outcome_text(r)
     r = await client.get("Patient/nope")
     assert r.status_code == 404
-    r = await client.post("Patient", content=b"<Patient/>", headers={"Content-Type": "application/xml"})
+    r = await client.post(
+        "Patient", content=b"<Patient/>", headers={"Content-Type": "application/xml"}
+    )
     assert r.status_code == 415
-    r = await client.post("Patient", json={"resourceType": "Patient", "gender": "banana"}, headers=FHIR)
+    r = await client.post(
+        "Patient", json={"resourceType": "Patient", "gender": "banana"}, headers=FHIR
+    )
     assert r.status_code == 400
     body = r.json()
     assert any("Patient.gender" in i.get("expression", []) for i in body["issue"])
@@ -198,21 +205,29 @@ async def test_error_statuses(client: httpx.AsyncClient) -> None:
 
 
 async def test_body_too_large(client: httpx.AsyncClient) -> None:
-    big = b'{"resourceType":"Patient","id":"x","name":[{"text":"' + b"a" * (33 * 1024 * 1024) + b'"}]}'
+    big = (
+        b'{"resourceType":"Patient","id":"x","name":[{"text":"'
+        + b"a" * (33 * 1024 * 1024)
+        + b'"}]}'
+    )
     r = await client.post("Patient", content=big, headers=FHIR)
     assert r.status_code == 413
 
 
 async def test_history_levels_and_paging(client: httpx.AsyncClient) -> None:
     for i in range(5):
-        await client.put("Patient/h1", json=patient(id="h1", birthDate=f"200{i}-01-01"), headers=FHIR)
-    await client.put("Practitioner/h2", json={"resourceType": "Practitioner", "id": "h2"}, headers=FHIR)
+        await client.put(
+            "Patient/h1", json=patient(id="h1", birthDate=f"200{i}-01-01"), headers=FHIR
+        )
+    await client.put(
+        "Practitioner/h2", json={"resourceType": "Practitioner", "id": "h2"}, headers=FHIR
+    )
     page = (await client.get("Patient/h1/_history", params={"_count": "2"})).json()
     assert page["type"] == "history"
     versions = [e["resource"]["meta"]["versionId"] for e in page["entry"]]
     assert versions == ["5", "4"]
     seen = list(versions)
-    while (nxt := next((link["url"] for link in page["link"] if link["relation"] == "next"), None)):
+    while nxt := next((link["url"] for link in page["link"] if link["relation"] == "next"), None):
         # a write between pages must not shift the later pages
         await client.put("Patient/h1", json=patient(id="h1"), headers=FHIR)
         page = (await client.get(nxt)).json()
@@ -240,8 +255,17 @@ async def test_capability_statement(client: httpx.AsyncClient) -> None:
     types = {r["type"]: r for r in rest["resource"]}
     assert len(types) >= 140 and "Patient" in types and "ChargeItemDefinition" in types
     codes = {i["code"] for i in types["Patient"]["interaction"]}
-    assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type",
-            "create", "search-type"} <= codes
+    assert {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    } <= codes
     assert {i["code"] for i in rest["interaction"]} >= {"transaction", "batch", "history-system"}
     assert any(p["name"] == "family" for p in types["Patient"]["searchParam"])
 

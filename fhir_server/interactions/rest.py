@@ -212,9 +212,15 @@ async def _patch_version(
         raise FhirError.of(
             422, "processing", "A patch may not change the resourceType or id of a resource"
         )
-    return await write.update(
-        ctx, uow, rtype, rid, patched, if_match=current.version, method="patch"
-    )
+    try:
+        return await write.update(
+            ctx, uow, rtype, rid, patched, if_match=current.version, method="patch"
+        )
+    except FhirError as err:
+        # http.html#patch: a patch whose result is not a valid resource is unprocessable
+        if err.status == 400:
+            err.status = 422
+        raise
 
 
 async def conditional_patch(ctx: Context, req: FhirRequest, resource_type: str) -> FhirResponse:

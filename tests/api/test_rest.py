@@ -283,3 +283,57 @@ async def test_application_json_accepted(client: httpx.AsyncClient) -> None:
         headers={"Content-Type": "application/json", "Accept": "application/json"},
     )
     assert r.status_code == 201
+
+
+async def test_patch_json_and_fhirpath(client: httpx.AsyncClient) -> None:
+    await client.put("Patient/pt", json=patient(id="pt"), headers=FHIR)
+    ops = [{"op": "add", "path": "/gender", "value": "female"}]
+    r = await client.patch(
+        "Patient/pt", json=ops, headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["gender"] == "female" and r.json()["meta"]["versionId"] == "2"
+    params = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "replace"},
+                    {"name": "path", "valueString": "Patient.gender"},
+                    {"name": "value", "valueCode": "male"},
+                ],
+            }
+        ],
+    }
+    r = await client.patch("Patient/pt", json=params, headers=FHIR)
+    assert r.status_code == 200, r.text
+    assert r.json()["gender"] == "male"
+    hist = (await client.get("Patient/pt/_history")).json()
+    assert hist["entry"][0]["request"]["method"] == "PATCH"
+    # a patch producing an invalid resource is unprocessable, and nothing is written
+    bad = [{"op": "replace", "path": "/gender", "value": "banana"}]
+    r = await client.patch(
+        "Patient/pt", json=bad, headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert r.status_code == 422
+    assert (await client.get("Patient/pt")).json()["meta"]["versionId"] == "3"
+    # a failing test op
+    r = await client.patch(
+        "Patient/pt",
+        json=[{"op": "test", "path": "/gender", "value": "female"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    assert r.status_code == 422
+    r = await client.patch("Patient/pt", content=b"x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = await client.patch(
+        "Patient/pt",
+        json=ops,
+        headers={"Content-Type": "application/json-patch+json", "If-Match": 'W/"1"'},
+    )
+    assert r.status_code == 412
+    r = await client.patch(
+        "Patient/none", json=ops, headers={"Content-Type": "application/json-patch+json"}
+    )
+    assert r.status_code == 404

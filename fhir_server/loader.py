@@ -75,6 +75,35 @@ async def _same(ctx: Context, resource: dict[str, Any]) -> bool:
     return bool(stored == mine)
 
 
+async def _drop_unchanged_puts(ctx: Context, bundle: dict[str, Any]) -> int:
+    """Leave out PUT entries whose resource is already stored as written (idempotent load).
+
+    Only entries without conditional URLs and not referred to by other entries' fullUrl
+    are dropped, so the transaction means the same with or without them.
+    """
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return 0
+    kept: list[Any] = []
+    for entry in entries:
+        request = entry.get("request") if isinstance(entry, dict) else None
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if (
+            isinstance(request, dict)
+            and request.get("method") == "PUT"
+            and isinstance(resource, dict)
+            and isinstance(resource.get("id"), str)
+            and request.get("url") == f"{resource.get('resourceType')}/{resource['id']}"
+            and not str(entry.get("fullUrl", "")).startswith("urn:")
+            and await _same(ctx, resource)
+        ):
+            continue
+        kept.append(entry)
+    dropped = len(entries) - len(kept)
+    bundle["entry"] = kept
+    return dropped
+
+
 async def load_resources(
     ctx: Context,
     items: Iterable[dict[str, Any]],
@@ -116,6 +145,7 @@ async def load_resources(
     for item in items:
         if item.get("resourceType") == "Bundle" and item.get("type") in ("transaction", "batch"):
             await flush()
+            report.unchanged += await _drop_unchanged_puts(ctx, item)
             try:
                 await bundle.process(ctx, FhirRequest("POST", "", parsed=item))
                 report.transactions += 1

@@ -6,6 +6,7 @@ Spec: https://hl7.org/fhir/R4/capabilitystatement.html and http.html#capabilitie
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import Any, Protocol
 
 from fhir_server import definitions
@@ -24,15 +25,25 @@ class RouteLike(Protocol):
     def code(self) -> str: ...
 
 
-def _search_params(resource_type: str) -> list[dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+@cache
+def _search_params_by_type() -> dict[str, list[dict[str, Any]]]:
+    common: dict[str, dict[str, Any]] = {}
+    by_type: dict[str, dict[str, dict[str, Any]]] = {}
     for sp in definitions.search_parameters():
-        base = sp.get("base") or []
-        if resource_type in base or "Resource" in base or "DomainResource" in base:
-            code = sp["code"]
-            if code not in out:
-                out[code] = {"name": code, "definition": sp["url"], "type": sp["type"]}
-    return sorted(out.values(), key=lambda p: str(p["name"]))
+        entry = {"name": sp["code"], "definition": sp["url"], "type": sp["type"]}
+        for base in sp.get("base") or []:
+            target = (
+                common if base in ("Resource", "DomainResource") else by_type.setdefault(base, {})
+            )
+            target.setdefault(sp["code"], entry)
+    return {
+        rtype: sorted(({**common, **by_type.get(rtype, {})}).values(), key=lambda p: str(p["name"]))
+        for rtype in definitions.resource_types()
+    }
+
+
+def _search_params(resource_type: str) -> list[dict[str, Any]]:
+    return _search_params_by_type().get(resource_type, [])
 
 
 def build(settings: Settings, routes: Iterable[RouteLike], *, date: str) -> dict[str, Any]:

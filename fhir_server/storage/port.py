@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from fhir_server.search.query import SearchQuery, SearchResult
 
 Method = Literal["create", "update", "patch", "delete"]
 
@@ -108,6 +111,10 @@ class Store(Protocol):
     async def history(self, query: HistoryQuery) -> HistoryPage: ...
 
     def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Run a parsed search (the store translates the query model) on committed data."""
+        ...
 
     async def count(self, resource_type: str | None = None) -> int:
         """Number of current (not deleted) resources, of one type or all."""

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from fhir_server.search.query import SearchQuery, SearchResult
 from fhir_server.storage.port import (
     HistoryPage,
     HistoryQuery,
@@ -142,7 +143,9 @@ class _SqliteUnitOfWork:
         if version.resource is None:
             search_index.delete(conn, rid)
         else:
-            search_index.write(conn, rid, version.resource_type, version.resource)
+            search_index.write(
+                conn, rid, version.resource_type, version.resource, fresh=row is None
+            )
         return StoredVersion(
             version.resource_type,
             version.id,
@@ -244,7 +247,7 @@ class SqliteStore:
         versions = [_row_to_version(r[1:]) for r in rows]
         return HistoryPage(versions, rows[-1][0] if more and rows else None)
 
-    async def search(self, query: Any) -> Any:
+    async def search(self, query: SearchQuery) -> SearchResult:
         """Run a parsed search (see :mod:`fhir_server.search`) on committed data."""
         return search_index.search(self.reader, query)
 

@@ -11,6 +11,7 @@ its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
+import re
 import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from fhir_server.interactions.model import FhirRequest, FhirResponse
 from fhir_server.interactions.rest import written
 from fhir_server.storage.port import UnitOfWork
 
+_CONDITIONAL_REF = re.compile(r"^[A-Z][A-Za-z]+\?")
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
 
@@ -328,7 +330,7 @@ async def _rewrite_references(
                     f"Reference '{target}' points to no entry of this transaction",
                     f"{where}.resource",
                 )
-        elif "?" in target and "://" not in target:
+        elif _CONDITIONAL_REF.match(target):
             rtype, _, query = target.partition("?")
             res.check_type(rtype)
             matches = await uow.search(rtype, parse_qsl(query, keep_blank_values=True))

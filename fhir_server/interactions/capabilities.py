@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from fhir_server import definitions
 from fhir_server.operations.registry import OPERATIONS
+from fhir_server.search import registry
 from fhir_server.settings import Settings
 
 SOFTWARE = {"name": "Rehab FHIR Server", "version": "0.1.0"}
@@ -25,31 +26,37 @@ class RouteLike(Protocol):
     def code(self) -> str: ...
 
 
-@cache
-def _search_params_by_type() -> dict[str, list[dict[str, Any]]]:
-    common: dict[str, dict[str, Any]] = {}
-    by_type: dict[str, dict[str, dict[str, Any]]] = {}
-    for sp in definitions.search_parameters():
-        entry = {"name": sp["code"], "definition": sp["url"], "type": sp["type"]}
-        for base in sp.get("base") or []:
-            target = (
-                common if base in ("Resource", "DomainResource") else by_type.setdefault(base, {})
-            )
-            target.setdefault(sp["code"], entry)
-    return {
-        rtype: sorted(({**common, **by_type.get(rtype, {})}).values(), key=lambda p: str(p["name"]))
-        for rtype in definitions.resource_types()
+TYPE_INTERACTIONS = frozenset(
+    {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
     }
+)
+SYSTEM_INTERACTIONS = frozenset({"transaction", "batch", "search-system", "history-system"})
 
 
+@cache
 def _search_params(resource_type: str) -> list[dict[str, Any]]:
-    return _search_params_by_type().get(resource_type, [])
+    """The parameters the search engine really supports for the type."""
+    params = registry.default_registry().for_type(resource_type)
+    return [
+        {"name": code, "definition": p.url, "type": p.type}
+        for code, p in sorted(params.items())
+        if p.indexable or code in ("_id", "_lastUpdated")
+    ]
 
 
 def build(settings: Settings, routes: Iterable[RouteLike], *, date: str) -> dict[str, Any]:
     routes = list(routes)
-    type_codes = sorted({r.code for r in routes if r.level in ("type", "instance", "version")})
-    system_codes = sorted({r.code for r in routes if r.level == "system"} - {"capabilities"})
+    type_codes = sorted({r.code for r in routes} & TYPE_INTERACTIONS)
+    system_codes = sorted({r.code for r in routes} & SYSTEM_INTERACTIONS)
     if "transaction" in system_codes:
         system_codes.append("batch")
     resources = []
@@ -75,6 +82,11 @@ def build(settings: Settings, routes: Iterable[RouteLike], *, date: str) -> dict
     rest: dict[str, Any] = {
         "mode": "server",
         "resource": resources,
+        "compartment": sorted(
+            c["url"] for c in definitions.compartment_definitions() if c.get("search")
+        )
+        if any(r.code == "search-compartment" for r in routes)
+        else [],
         "interaction": [{"code": c} for c in sorted(set(system_codes))],
     }
     system_ops = _operations(None, ("system",))

@@ -36,7 +36,11 @@ _FORM = "application/x-www-form-urlencoded"
 
 
 async def _search(
-    ctx: Context, req: FhirRequest, resource_type: str | None, form_body: bool = False
+    ctx: Context,
+    req: FhirRequest,
+    resource_type: str | None,
+    form_body: bool = False,
+    compartment: tuple[str, str] | None = None,
 ) -> FhirResponse:
     params = list(req.params)
     if form_body:
@@ -48,7 +52,12 @@ async def _search(
             params += parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
     params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
     bundle = await searching.search(
-        ctx.store, resource_type, params, base_url=ctx.base_url, strict=_strict(req)
+        ctx.store,
+        resource_type,
+        params,
+        base_url=ctx.base_url,
+        strict=_strict(req),
+        compartment=compartment,
     )
     return FhirResponse(200, resource=bundle)
 
@@ -64,6 +73,14 @@ async def _search_type(ctx: Context, req: FhirRequest, resource_type: str) -> Fh
 
 async def _search_post(ctx: Context, req: FhirRequest, resource_type: str) -> FhirResponse:
     return await _search(ctx, req, resource_type, form_body=True)
+
+
+async def _search_compartment(
+    ctx: Context, req: FhirRequest, compartment_type: str, id: str, resource_type: str
+) -> FhirResponse:
+    res.check_id(id)
+    res.check_type(resource_type)
+    return await _search(ctx, req, resource_type, compartment=(compartment_type, id))
 
 
 async def _search_system(ctx: Context, req: FhirRequest) -> FhirResponse:
@@ -103,6 +120,13 @@ ROUTES: tuple[Route, ...] = (
     Route("instance", "PATCH", "patch", rest.patch, ("[type]", "[id]")),
     Route("instance", "DELETE", "delete", rest.delete, ("[type]", "[id]")),
     Route("instance", "GET", "history-instance", history.history, ("[type]", "[id]", "_history")),
+    Route(
+        "instance",
+        "GET",
+        "search-compartment",
+        _search_compartment,
+        ("[type]", "[id]", "[type]"),
+    ),
     Route("version", "GET", "vread", rest.vread, ("[type]", "[id]", "_history", "[vid]")),
 )
 

@@ -21,6 +21,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _conformance_files() -> list[Path]:
+    root = DEMO_DIR.parent
+    return [
+        f
+        for d in (root / "profiles", root / "terminology")
+        if d.is_dir()
+        for f in sorted(d.glob("*.json"))
+    ]
+
+
 def _files(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
@@ -71,6 +81,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    # The rehab IG's conformance resources are served like any other resource.
+    rc = asyncio.run(_load(settings, _conformance_files(), quiet=True))
+    if rc:
+        print("the conformance resources did not load cleanly", file=sys.stderr)
     if args.demo:
         rc = asyncio.run(_load(settings, _files([str(DEMO_DIR)]), quiet=True))
         if rc:

@@ -18,6 +18,9 @@ class Settings:
     max_page_size: int = 1000
     # Validate every write against the R4 base definitions.
     validate_writes: bool = True
+    # Profiles every resource of a type must conform to, as (resource type, profile
+    # canonical URL) pairs; checked on writes and by $validate.
+    required_profiles: tuple[tuple[str, str], ...] = ()
 
     @property
     def base_url(self) -> str:

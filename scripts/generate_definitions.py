@@ -14,6 +14,9 @@ Outputs (all gzip-compressed, deterministic JSON):
   binding in those definitions, or the reason it cannot be checked locally;
 * ``search-parameters.json.gz`` -- every SearchParameter, trimmed for a search engine;
 * ``compartments.json.gz`` -- the five base CompartmentDefinitions;
+* ``profiles.json.gz`` -- the profiles and extension definitions of the core package
+  (``derivation = constraint``) as differentials, trimmed to what validation and
+  snapshot generation use (the snapshots are generated again from them);
 
 and ``tests/data/r4-examples.ndjson.gz``: every example instance in the package that
 is not a conformance/terminology artifact (nor a Bundle made only of such artifacts),
@@ -461,6 +464,67 @@ def build_compartments(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# --------------------------------------------------------------------------- profiles
+
+PROFILE_KEYS = (
+    "url",
+    "version",
+    "name",
+    "type",
+    "kind",
+    "abstract",
+    "baseDefinition",
+    "derivation",
+    "context",
+    "contextInvariant",
+)
+# ElementDefinition properties validation and snapshot generation read.
+ELEMENT_KEYS = (
+    "id",
+    "path",
+    "sliceName",
+    "slicing",
+    "min",
+    "max",
+    "type",
+    "contentReference",
+    "binding",
+    "constraint",
+    "maxLength",
+    "mustSupport",
+    "isModifier",
+)
+ELEMENT_VALUE_PREFIXES = ("fixed", "pattern", "minValue", "maxValue")
+
+
+def _trim_element(e: dict[str, Any]) -> dict[str, Any]:
+    out = {k: e[k] for k in ELEMENT_KEYS if k in e}
+    out.update({k: v for k, v in e.items() if k.startswith(ELEMENT_VALUE_PREFIXES)})
+    if "binding" in out:
+        out["binding"] = {k: v for k, v in out["binding"].items() if k in ("strength", "valueSet")}
+    if "constraint" in out:
+        keep = ("key", "severity", "human", "expression", "source")
+        out["constraint"] = [{k: c[k] for k in keep if k in c} for c in out["constraint"]]
+    if "slicing" in out:
+        out["slicing"] = {k: v for k, v in out["slicing"].items() if k != "description"}
+    return out
+
+
+def build_profiles(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Core profiles and extension definitions, as trimmed differentials."""
+    out = []
+    for sd in resources:
+        if sd["resourceType"] != "StructureDefinition" or sd.get("derivation") != "constraint":
+            continue
+        row = {k: sd[k] for k in PROFILE_KEYS if k in sd}
+        row["resourceType"] = "StructureDefinition"
+        elements = (sd.get("differential") or {}).get("element") or []
+        row["differential"] = {"element": [_trim_element(e) for e in elements]}
+        out.append(row)
+    out.sort(key=lambda r: str(r["url"]))
+    return out
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -524,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sizes["compartments.json.gz"] = write_json_gz(
         args.out / "compartments.json.gz", build_compartments(resources)
+    )
+    sizes["profiles.json.gz"] = write_json_gz(
+        args.out / "profiles.json.gz", build_profiles(resources)
     )
     n_examples, ex_size = write_examples(args.examples, files)
 

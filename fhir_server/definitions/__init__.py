@@ -34,7 +34,9 @@ __all__ = [
     "ElementType",
     "TypeDef",
     "ValueSetExpansion",
+    "base_constraints",
     "compartment_definitions",
+    "core_profiles",
     "is_primitive_type",
     "mandatory_elements",
     "resource_types",
@@ -309,6 +311,20 @@ def search_parameters() -> list[dict[str, Any]]:
     xpathUsage, description and id. Each call returns fresh objects."""
     out: list[dict[str, Any]] = orjson.loads(_raw_json("search-parameters.json.gz"))
     return out
+
+
+def core_profiles() -> list[dict[str, Any]]:
+    """The profiles and extension definitions of the R4 core package (``derivation =
+    constraint``: vital signs, SimpleQuantity, every core extension ...) as
+    differentials trimmed for validation (no snapshots: they are generated). Fresh
+    objects."""
+    out: list[dict[str, Any]] = orjson.loads(_raw_json("profiles.json.gz"))
+    return out
+
+
+def base_constraints() -> tuple[Constraint, ...]:
+    """Every distinct constraint of the base definitions."""
+    return _constraints()
 
 
 def compartment_definitions() -> list[dict[str, Any]]:

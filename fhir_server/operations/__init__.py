@@ -1,0 +1,7 @@
+"""Operations declared as data (see ``registry``); importing a module registers its
+operations. One import per module that declares operations."""
+
+from fhir_server.operations import (
+    terminology,  # noqa: F401
+    validate,  # noqa: F401
+)

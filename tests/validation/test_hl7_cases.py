@@ -1,0 +1,351 @@
+"""The HL7 validator test cases (``fhir-test-cases/validator``): our validity verdict
+agrees with the reference (Java) validator's.
+
+Where the cases are: ``$FHIR_TEST_CASES`` (the ``fhir-test-cases`` directory), else
+``shared/conformance/fhir-test-cases`` beside the repository checkout. Without them
+the suite FAILS (``test_manifest_is_available``): it is part of the definition of done.
+
+The manifest (``validator/manifest.json``) lists cases: a file to validate, its FHIR
+``version`` (none means R5), ``supporting`` files (profiles, value sets ...), an
+optional ``profile`` step (validate again against ``profile.source``), ``packages`` to
+load, and per validator the expected outcome: for ``java`` an OperationOutcome file
+under ``outcomes/`` or an inline ``errorCount``. A case is valid when that outcome
+has no error or fatal issue.
+
+Selection -- every R4 case we can run offline, each excluded one in a category:
+
+* ``not R4``: version other than 4.0 / 4.0.1 (none is R5);
+* ``use-test false``: disabled in the manifest;
+* ``not JSON``: the file or a supporting file is XML (this server speaks JSON);
+* ``needs packages``: ``packages``/``logical`` name IG packages we do not have offline;
+* ``terminology server``: the ``tx`` modules, or a Java outcome that records a
+  terminology server was used (its verdict depends on that server's answers);
+* ``no outcome``: no Java expectation in the manifest or its file is missing.
+
+Every selected case runs; the ones where we disagree are in
+:data:`KNOWN_DISAGREEMENTS` with a reason, and are asserted to still disagree, so the
+list stays truthful (remove an entry when its case starts agreeing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_server import jsonio
+from fhir_server.errors import Issue, has_errors
+from fhir_server.validation.registry import ProfileRegistry, RegistryError
+from fhir_server.validation.service import validate
+
+REPO = Path(__file__).resolve().parents[2]
+R4 = ("4.0", "4.0.1")
+
+
+def _cases_root() -> Path:
+    env = os.environ.get("FHIR_TEST_CASES")
+    if env:
+        return Path(env)
+    return REPO.parent / "shared" / "conformance" / "fhir-test-cases"
+
+
+ROOT = _cases_root()
+VALIDATOR = ROOT / "validator"
+MANIFEST = VALIDATOR / "manifest.json"
+
+# Why the reference validator and we disagree, one line each. "<name> (<step>)".
+_QR = "QuestionnaireResponse answers are not validated against their Questionnaire"
+_UNKNOWN_EXT = "an extension whose definition is unknown is accepted, not an error"
+KNOWN_DISAGREEMENTS: dict[str, str] = {
+    "attachment-with-wrong-size (base)": "Attachment.size is not compared with the decoded data",
+    "bundle-document-versioned-references-bad (base)": "references inside a document Bundle are not resolved against its entries",
+    "dr-example-org (base)": "example.org URLs are not rejected (a reference-validator policy)",
+    "capstmt (base)": "CapabilityStatement search parameters are not checked against their SearchParameter",
+    "mr-covid-mr1 (base)": "MeasureReport is not checked against its Measure",
+    "measure-report-ihe (base)": "MeasureReport is not checked against its Measure",
+    "pat-security-bad-string (base)": "strings are not scanned for embedded HTML (security-checks option)",
+    "sp-diff-type (base)": "SearchParameter.derivedFrom consistency is not checked",
+    "sp-diff-base (base)": "SearchParameter expressions and derivedFrom bases are not checked",
+    "sp-composite (base)": "composite SearchParameter rules are not checked",
+    "obs-temp-bad (base)": "vital-signs profiles are not applied to Observations that do not claim them",
+    "patient-ig-bad (base)": "ImplementationGuide global profiles are not applied",
+    "parameters-reference-bad (base)": "references between resources in a Parameters are not resolved",
+    "bundle-duplicate-id (base)": "Bundle.entry.fullUrl is not required to be absolute (a reference-validator rule)",
+    "bundle-id-2 (base)": "Bundle.link relation uniqueness is not checked",
+    "pat-dob-ext (base)": _UNKNOWN_EXT,
+    "pat-example-extensions (base)": _UNKNOWN_EXT,
+    "nested-questionnaire-nested-valueset (base)": _UNKNOWN_EXT,
+    "resource-invalid-eid-2 (base)": "the 1 MB maximum length of string values is not checked",
+    "ext-xver-modifier-2 (base)": "cross-version extension rules are not implemented",
+    "contained-resource-bad-id-ignore (base)": "the manifest option validateContains=IGNORE is not supported",
+    "obs-value-min-g (profile)": "minValue/maxValue Quantity comparison needs UCUM unit conversion",
+    "obs-value-max-g (profile)": "minValue/maxValue Quantity comparison needs UCUM unit conversion",
+    "toplevel-minvalueduration-fail (profile)": "minValueDuration/maxValueDuration (relative to today) are not checked",
+    "toplevel-maxvalueduration-fail (profile)": "minValueDuration/maxValueDuration (relative to today) are not checked",
+    "bad-markdown-no-html (base)": "markdown is not scanned for embedded HTML",
+    "json-comments-1-yes (base)": "JSON with comments (JSON5) is not FHIR JSON and is rejected",
+    "json-comments-2-yes (base)": "JSON with comments (JSON5) is not FHIR JSON and is rejected",
+    "structureDefinition-11179-objectClass-R4 (base)": "R4 defines structuredefinition-fhir-type for ElementDefinition.type.code; the reference validator uses a later definition that also allows ElementDefinition.type",
+    "obs-mz (base)": "the case checks the profile's own differential, which is not validated",
+    "ext-derived (base)": "the case checks a profile that changes its base's fixed url, which is not validated",
+    "StructureDefinition-Slice23 (base)": "StructureDefinition authoring rules (slicing redefinitions) are not validated",
+    "additional-bindings-observation-2 (profile)": "the additional-binding extension (R5 backport) is not applied",
+    "ref-policy-default-r4 (base)": "a urn:uuid: with a non-UUID suffix is rejected by the structure validator",
+    "ref-policy-default-apply-r5 (base)": "a urn:uuid: with a non-UUID suffix is rejected by the structure validator",
+    "signatures-example-2 (base)": "digital signatures are not verified",
+    "questionnaire-enableWhen-dw (base)": "R4's que-12 reads 'enableWhen.count() > 2'; the reference validator applies the corrected '> 1'",
+    "q-enablewhen-me-wrong (base)": "R4's que-12 reads 'enableWhen.count() > 2'; the reference validator applies the corrected '> 1'",
+    "qr-bad-ref2 (base)": "the type of the resource a canonical points to is not checked",
+    **{
+        f"{name} (base)": _QR
+        for name in (
+            "qr-vr",
+            "abstract-question-type-included-qr",
+            "attachment-content-type-qr",
+            "attachment-inconsistent-size-qr",
+            "attachment-invalid-type-qr",
+            "attachment-max-size-qr",
+            "boolean-invalid-type-qr",
+            "choice-answer-option-exclusive-qr",
+            "choice-answer-option-qr",
+            "choice-gender-coding-async-qr",
+            "date-answer-option-qr",
+            "date-invalid-type-qr",
+            "date-min-max-qr",
+            "date-time-invalid-type-qr",
+            "date-time-min-max-qr",
+            "decimal-invalid-type-qr",
+            "decimal-max-decimal-places-qr",
+            "decimal-min-max-qr",
+            "display-answer-included-qr",
+            "group-required-qr",
+            "group-with-string-invalid-nesting-link-id-qr",
+            "group-with-string-invalid-nesting-qr",
+            "group-with-string-qr",
+            "integer-answer-option-qr",
+            "integer-invalid-type-qr",
+            "integer-min-max-qr",
+            "invalid-link-id-qr",
+            "open-choice-gender-coding-async-qr",
+            "quantity-invalid-type-qr",
+            "quantity-min-max-compat-units-qr",
+            "quantity-min-max-incompat-units-qr",
+            "quantity-min-max-qr",
+            "quantity-qr",
+            "quantity-units-invalid-qr",
+            "quantity-units-not-in-value-set-qr",
+            "reference-invalid-resource-type-qr",
+            "reference-invalid-type-qr",
+            "reference-unconstrained-resource-type-qr",
+            "string-answer-option-qr",
+            "string-draft-downgrade-qr",
+            "string-invalid-type-qr",
+            "string-max-occurs-qr",
+            "string-min-max-length-qr",
+            "string-min-occurs-qr",
+            "string-qr",
+            "string-regex-qr",
+            "string-required-qr",
+            "string-with-coding-async-qr",
+            "text-invalid-type-qr",
+            "time-invalid-type-qr",
+            "time-qr",
+            "url-invalid-type-qr",
+            "url-value-qr",
+        )
+    },
+}
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+@dataclass(frozen=True)
+class Run:
+    """One validation the manifest defines: a case's base step or its profile step."""
+
+    id: str
+    module: str
+    file: str
+    supporting: tuple[str, ...]
+    profile: str | None  # the profile source file of a profile step
+    expected_errors: int
+    expected: list[str] = field(default_factory=list, compare=False, hash=False)
+
+
+def _outcome(spec: Any) -> tuple[int, list[str], bool] | None:
+    """(error count, error messages, used a terminology server) of a Java expectation;
+    None when it is missing."""
+    if isinstance(spec, dict):
+        return int(spec.get("errorCount", 0)), [str(o) for o in spec.get("output", [])], False
+    if not isinstance(spec, str) or not (VALIDATOR / "outcomes" / spec).is_file():
+        return None
+    oo = json.loads((VALIDATOR / "outcomes" / spec).read_text(encoding="utf-8"))
+    errors = [
+        f"{(i.get('expression') or [''])[0]}: {i.get('details', {}).get('text', '')}"
+        for i in oo.get("issue", [])
+        if i.get("severity") in ("error", "fatal")
+    ]
+    tx = any(
+        str(e.get("url", "")).endswith("operationoutcome-issue-server")
+        for i in oo.get("issue", [])
+        for e in i.get("extension", [])
+    )
+    return len(errors), errors, tx
+
+
+def select(manifest: dict[str, Any]) -> tuple[list[Run], Counter[str]]:
+    runs: list[Run] = []
+    excluded: Counter[str] = Counter()
+    for case in manifest["test-cases"]:
+        name = case["name"]
+        profile = case.get("profile") if isinstance(case.get("profile"), dict) else None
+        supporting = (*case.get("supporting", ()), *case.get("profiles", ()))
+        files = [case["file"], *supporting]
+        if profile:
+            files += [profile["source"], *profile.get("supporting", ())]
+        if case.get("version") not in R4:
+            excluded["not R4"] += 1
+        elif case.get("use-test") is False:
+            excluded["use-test false"] += 1
+        elif not all(f.endswith(".json") for f in files):
+            excluded["not JSON"] += 1
+        elif case.get("packages") or case.get("logical") or (profile and profile.get("packages")):
+            excluded["needs packages"] += 1
+        elif case.get("module") in ("tx", "tx-advanced"):
+            excluded["terminology server"] += 1
+        else:
+            base = _outcome(case.get("java"))
+            prof = _outcome(profile.get("java")) if profile else None
+            if base is None:
+                excluded["no outcome"] += 1
+            elif base[2] or (prof is not None and prof[2]):
+                excluded["terminology server"] += 1
+            else:
+                module = str(case.get("module") or "base")
+                runs.append(
+                    Run(f"{name} (base)", module, case["file"], supporting, None, base[0], base[1])
+                )
+                if profile and prof is not None:
+                    runs.append(
+                        Run(
+                            f"{name} (profile)",
+                            module,
+                            case["file"],
+                            (*supporting, *profile.get("supporting", ())),
+                            profile["source"],
+                            prof[0],
+                            prof[1],
+                        )
+                    )
+    return runs, excluded
+
+
+def _load_manifest() -> dict[str, Any] | None:
+    if not MANIFEST.is_file():
+        return None
+    data: dict[str, Any] = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    return data
+
+
+MANIFEST_DATA = _load_manifest()
+RUNS, EXCLUDED = select(MANIFEST_DATA) if MANIFEST_DATA else ([], Counter())
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _read(name: str) -> Any:
+    return jsonio.loads((VALIDATOR / name).read_bytes())
+
+
+def _registry(files: tuple[str, ...]) -> ProfileRegistry:
+    registry = ProfileRegistry()
+    for name in files:
+        data = json.loads((VALIDATOR / name).read_text(encoding="utf-8-sig"))
+        if isinstance(data, dict) and data.get("resourceType") in (
+            "StructureDefinition",
+            "ValueSet",
+            "CodeSystem",
+            "Bundle",
+        ):
+            # a definition the case itself means to be broken is left out
+            with contextlib.suppress(RegistryError):
+                registry.add(data)
+    return registry
+
+
+def ours(run: Run) -> list[Issue]:
+    """Our error and fatal issues for a run."""
+    try:
+        resource = _read(run.file)
+    except jsonio.JsonError as exc:
+        return [Issue("fatal", "structure", str(exc))]
+    files = run.supporting + ((run.profile,) if run.profile else ())
+    registry = _registry(files)
+    profiles: list[str] = []
+    if run.profile:
+        profiles.append(
+            json.loads((VALIDATOR / run.profile).read_text(encoding="utf-8-sig"))["url"]
+        )
+    issues = validate(resource, profiles=profiles, registry=registry)
+    return [i for i in issues if i.severity in ("error", "fatal")]
+
+
+def test_manifest_is_available() -> None:
+    assert MANIFEST_DATA is not None, (
+        f"The HL7 validator test cases were not found at {MANIFEST}. Check out "
+        "https://github.com/FHIR/fhir-test-cases as shared/conformance/fhir-test-cases "
+        "beside the repository, or set FHIR_TEST_CASES to its directory."
+    )
+    assert RUNS, "the manifest selects no R4 case: has its format changed?"
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r.id for r in RUNS])
+def test_case(run: Run) -> None:
+    errors = ours(run)
+    java_invalid = run.expected_errors > 0
+    we_invalid = has_errors(errors) or any(i.severity == "fatal" for i in errors)
+    if run.id in KNOWN_DISAGREEMENTS:
+        assert we_invalid != java_invalid, (
+            f"{run.id} now agrees with the reference validator: remove it from KNOWN_DISAGREEMENTS"
+        )
+        return
+    expected = "\n  ".join(run.expected[:5]) or "(none)"
+    found = "\n  ".join(f"{i.expression}: {i.diagnostics}" for i in errors[:5]) or "(none)"
+    assert we_invalid == java_invalid, (
+        f"{run.id}: the reference validator finds {run.expected_errors} error(s), we find "
+        f"{len(errors)}.\nreference:\n  {expected}\nours:\n  {found}"
+    )
+
+
+def test_known_disagreements_are_selected_cases() -> None:
+    if MANIFEST_DATA is None:
+        pytest.fail("the HL7 validator test cases are missing (see test_manifest_is_available)")
+    ids = {r.id for r in RUNS}
+    stale = sorted(k for k in KNOWN_DISAGREEMENTS if k not in ids)
+    assert not stale, f"KNOWN_DISAGREEMENTS names runs that are not selected: {stale}"
+
+
+def summary() -> Iterator[str]:
+    agree = len(RUNS) - len(KNOWN_DISAGREEMENTS)
+    yield f"{len(RUNS)} runs, {agree} agree ({agree / max(len(RUNS), 1):.0%})"
+    for category, count in EXCLUDED.most_common():
+        yield f"excluded: {category}: {count}"
+
+
+def test_agreement_share() -> None:
+    """Most runs agree; the numbers are printed with ``pytest -s``."""
+    if MANIFEST_DATA is None:
+        pytest.fail("the HL7 validator test cases are missing (see test_manifest_is_available)")
+    for line in summary():
+        print(line)
+    agree = len(RUNS) - len(KNOWN_DISAGREEMENTS)
+    assert agree / len(RUNS) >= 0.6

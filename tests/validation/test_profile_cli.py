@@ -1,0 +1,73 @@
+"""validate_files: the function behind `fhir-server validate FILE... [--profile URL]`."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from fhir_server.validation.cli import validate_files
+
+VITALS = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
+
+
+def run(paths: list[Path], profile: str | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = validate_files(paths, profile, out=out, err=err)
+    outcomes = [json.loads(line) for line in out.getvalue().splitlines()]
+    return code, outcomes, err.getvalue()
+
+
+def write(tmp: Path, name: str, data: Any) -> Path:
+    path = tmp / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data, encoding="utf-8")
+    return path
+
+
+PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female"}
+OBS = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
+
+
+def test_valid_files_exit_0(tmp_path: Path) -> None:
+    code, outcomes, err = run([write(tmp_path, "p.json", PATIENT)])
+    assert code == 0
+    assert outcomes == [
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {"severity": "information", "code": "informational", "diagnostics": "All OK"}
+            ],
+        }
+    ]
+    assert "Patient/p1: OK" in err
+
+
+def test_errors_exit_1_with_one_outcome_per_bundle_entry(tmp_path: Path) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": PATIENT}, {"resource": {**PATIENT, "gender": "banana"}}],
+    }
+    code, outcomes, err = run([write(tmp_path, "b.json", bundle)])
+    assert code == 1
+    assert len(outcomes) == 2
+    assert outcomes[1]["issue"][0]["expression"] == ["Patient.gender"]
+    assert "entry[1] Patient/p1: 1 error, 0 warnings" in err
+
+
+def test_ndjson_and_profile(tmp_path: Path) -> None:
+    lines = "\n".join(json.dumps(r) for r in (PATIENT, OBS)) + "\n"
+    path = write(tmp_path, "x.ndjson", lines)
+    code, outcomes, _ = run([path])
+    assert code == 0 and len(outcomes) == 2
+    code, outcomes, _ = run([write(tmp_path, "o.json", OBS)], profile=VITALS)
+    assert code == 1
+    assert any("vitalsigns" in i["diagnostics"] for i in outcomes[0]["issue"])
+
+
+def test_unreadable_files_exit_2(tmp_path: Path) -> None:
+    code, outcomes, err = run([write(tmp_path, "bad.json", "{nope"), tmp_path / "missing.json"])
+    assert code == 2
+    assert [o["issue"][0]["severity"] for o in outcomes] == ["fatal", "fatal"]
+    assert "cannot be read" in err

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server import terminology, validation
 from fhir_server.api import http
 from fhir_server.interactions.context import Context
 from fhir_server.settings import Settings
@@ -33,6 +34,8 @@ def make_store(database: str) -> Store:
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     """The app; it opens and closes its store unless one (already open) is given."""
+    # Bindings to the rehab value sets are checked through the local terminology.
+    validation.set_terminology(terminology.value_set_membership)
     owned = store is None
     store = store or make_store(settings.database)
     ctx = Context(store=store, settings=settings)

@@ -106,6 +106,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fhir_server.validation.cli import validate_files
+
+    return validate_files([Path(f) for f in args.files], profile=args.profile)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--database", default=DEFAULT_DATABASE)
     load.add_argument("--quiet", action="store_true")
     load.set_defaults(func=cmd_load)
+    check = sub.add_parser(
+        "validate", help="validate resources/Bundles offline; prints OperationOutcomes"
+    )
+    check.add_argument("files", nargs="+")
+    check.add_argument("--profile", help="canonical URL of a profile to validate against")
+    check.set_defaults(func=cmd_validate)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

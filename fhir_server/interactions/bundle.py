@@ -11,8 +11,8 @@ its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
-import re
 import binascii
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus

@@ -28,13 +28,26 @@ class WriteResult:
 
 
 def validate(ctx: Context, resource: dict[str, Any], resource_type: str) -> list[Issue]:
-    """Base validation; raises 400 with every problem found when there is an error."""
+    """Validate a resource about to be written; raise when there is an error.
+
+    The R4 base rules (structure, then the base invariants) fail with 400; the
+    profiles the resource claims in ``meta.profile`` or that the server requires for
+    its type fail with 422 (http.html: the resource violates applicable profiles).
+    Warnings and information come back to go into a ``return=OperationOutcome``.
+    """
     if not ctx.settings.validate_writes:
         return []
     issues = validation.validate_resource(resource, expected_type=resource_type)
+    if not has_errors(issues):
+        issues += validation.check_invariants(resource)
     if has_errors(issues):
         raise FhirError(400, tuple(issues))
-    return issues
+    profile_issues = validation.validate_profiles(
+        resource, required_profiles=ctx.settings.required_profiles
+    )
+    if has_errors(profile_issues):
+        raise FhirError(422, tuple(profile_issues))
+    return issues + profile_issues
 
 
 def criteria_params(query: str) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -163,9 +164,14 @@ class SqliteStore:
     """Store on one SQLite database file (or ``:memory:`` for tests)."""
 
     def __init__(self, path: str) -> None:
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         if path == ":memory:":
-            # A shared-cache in-memory database so reader and writer see the same data.
-            path = f"file:fhir-mem-{id(self)}?mode=memory&cache=shared"
+            # A throwaway database file rather than a shared-cache in-memory database:
+            # shared cache locks whole tables, so a reader would fail (not wait) while a
+            # unit of work is open, instead of reading the last committed state as WAL
+            # readers do.
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="fhir-store-")
+            path = str(Path(self._tmpdir.name) / "store.sqlite")
         self.path = path
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -182,6 +188,9 @@ class SqliteStore:
             if conn is not None:
                 conn.close()
         self._reader = self._writer = None
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
 
     @property
     def reader(self) -> sqlite3.Connection:

@@ -94,8 +94,8 @@ def parse_etag(value: str) -> int:
 
 
 def http_date(instant: str) -> str:
-    dt = datetime.strptime(instant, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return format_datetime(dt, usegmt=True)
+    """RFC 9110 date of a stored instant (``YYYY-MM-DDThh:mm:ss.ffffffZ``)."""
+    return format_datetime(datetime.fromisoformat(instant), usegmt=True)
 
 
 def version_headers(v: StoredVersion, base_url: str) -> dict[str, str]:

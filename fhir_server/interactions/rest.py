@@ -108,8 +108,10 @@ def written(
             )
         ]
         return FhirResponse(result.status, resource=operation_outcome(issues), headers=headers)
-    content = v.content if v.content is not None else None
-    return FhirResponse(result.status, content=content, headers=headers)
+    # both forms: the HTTP layer sends the bytes, a Bundle response embeds the dict
+    return FhirResponse(
+        result.status, resource=result.resource, content=v.content, headers=headers
+    )
 
 
 def _if_match(req: FhirRequest) -> int | None:

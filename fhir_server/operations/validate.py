@@ -30,6 +30,7 @@ from fhir_server.errors import FhirError, Issue, bad_request, operation_outcome
 from fhir_server.interactions import resources as res
 from fhir_server.interactions.context import Context
 from fhir_server.interactions.model import FhirRequest, FhirResponse
+from fhir_server.operations.claims_scrub import validate_hook
 from fhir_server.operations.registry import Operation, register
 from fhir_server.validation.service import validate
 
@@ -143,6 +144,8 @@ async def validate_operation(
         required_profiles=ctx.settings.required_profiles if mode != "profile" else (),
         meta_profiles=mode != "profile",
     )
+    # A Claim is also scrubbed against its payer's billing rules (nothing for other types)
+    issues += await validate_hook(ctx, resource)
     return FhirResponse(200, resource=operation_outcome(issues))
 
 

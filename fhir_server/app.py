@@ -29,7 +29,14 @@ def make_store(database: str) -> Store:
         from fhir_server.storage.sqlite.store import SqliteStore
 
         return SqliteStore(":memory:")
-    raise ValueError(f"unsupported database URL '{database}' (use sqlite:///path)")
+    if database.startswith(("mongodb://", "mongodb+srv://")):
+        from fhir_server.storage.mongodb.store import MongoStore
+
+        return MongoStore(database)
+    raise ValueError(
+        f"unsupported database URL '{database}'"
+        " (use sqlite:///path or mongodb://host/db?replicaSet=rs0)"
+    )
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:

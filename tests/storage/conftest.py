@@ -13,6 +13,7 @@ import pytest
 
 from fhir_server.storage.port import Store
 from fhir_server.storage.sqlite.store import SqliteStore
+from tests.storage import mongo_support
 
 StoreFactory = Callable[[Path], Awaitable[Store]]
 
@@ -28,6 +29,7 @@ async def _sqlite_file(tmp: Path) -> Store:
 STORE_FACTORIES: dict[str, StoreFactory] = {
     "sqlite-memory": _sqlite_memory,
     "sqlite-file": _sqlite_file,
+    "mongodb": mongo_support.store_factory,  # a MongoDB server or the stand-in
 }
 
 

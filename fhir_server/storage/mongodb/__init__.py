@@ -1,0 +1,1 @@
+"""The MongoDB store: see :mod:`fhir_server.storage.mongodb.store` and docs/mongodb.md."""

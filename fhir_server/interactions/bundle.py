@@ -216,10 +216,10 @@ async def _transaction(
     try:
         async with ctx.store.unit_of_work() as uow:
             tx = ctx.within(uow)
-            identities = await _assign_identities(uow, entries)
+            identities = await _assign_identities(uow, entries, ctx.base_url)
             for e in entries:
                 if e.resource is not None:
-                    await _rewrite_references(uow, e.resource, identities, e.where)
+                    await _rewrite_references(uow, e.resource, identities, e.where, ctx.base_url)
             for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
                 current = e
                 results[e.index] = await _transaction_entry(tx, uow, e, prefer)
@@ -245,7 +245,9 @@ def _type_and_id(e: _Entry) -> tuple[str, str | None]:
     return parts[0], parts[1] if len(parts) > 1 else None
 
 
-async def _assign_identities(uow: UnitOfWork, entries: list[_Entry]) -> dict[str, str]:
+async def _assign_identities(
+    uow: UnitOfWork, entries: list[_Entry], base_url: str
+) -> dict[str, str]:
     """fullUrl -> `Type/id` for every entry that creates or updates a resource."""
     identities: dict[str, str] = {}
     touched: dict[str, int] = {}
@@ -261,7 +263,11 @@ async def _assign_identities(uow: UnitOfWork, entries: list[_Entry]) -> dict[str
                     "A POST entry's url must be a resource type", f"{e.where}.request.url"
                 )
             criteria = e.headers.get("if-none-exist")
-            matches = await uow.search(rtype, write.criteria_params(criteria)) if criteria else []
+            matches = (
+                await uow.search(rtype, write.criteria_params(criteria), base_url=base_url)
+                if criteria
+                else []
+            )
             if len(matches) > 1:
                 raise FhirError.of(
                     412,
@@ -272,7 +278,7 @@ async def _assign_identities(uow: UnitOfWork, entries: list[_Entry]) -> dict[str
             e.assigned_id = matches[0] if matches else res.new_id()
             rid = e.assigned_id
         elif rid is None and query and e.method in ("PUT", "DELETE", "PATCH"):
-            matches = await uow.search(rtype, query)
+            matches = await uow.search(rtype, query, base_url=base_url)
             if len(matches) > 1:
                 raise FhirError.of(
                     412,
@@ -315,7 +321,7 @@ def _references(node: Any) -> Iterator[dict[str, Any]]:
 
 
 async def _rewrite_references(
-    uow: UnitOfWork, resource: Any, identities: dict[str, str], where: str
+    uow: UnitOfWork, resource: Any, identities: dict[str, str], where: str, base_url: str
 ) -> None:
     for ref in _references(resource):
         target = ref["reference"]
@@ -333,7 +339,9 @@ async def _rewrite_references(
         elif _CONDITIONAL_REF.match(target):
             rtype, _, query = target.partition("?")
             res.check_type(rtype)
-            matches = await uow.search(rtype, parse_qsl(query, keep_blank_values=True))
+            matches = await uow.search(
+                rtype, parse_qsl(query, keep_blank_values=True), base_url=base_url
+            )
             if len(matches) != 1:
                 raise FhirError.of(
                     412 if matches else 404,

@@ -109,9 +109,7 @@ def written(
         ]
         return FhirResponse(result.status, resource=operation_outcome(issues), headers=headers)
     # both forms: the HTTP layer sends the bytes, a Bundle response embeds the dict
-    return FhirResponse(
-        result.status, resource=result.resource, content=v.content, headers=headers
-    )
+    return FhirResponse(result.status, resource=result.resource, content=v.content, headers=headers)
 
 
 def _if_match(req: FhirRequest) -> int | None:
@@ -142,7 +140,7 @@ async def conditional_update(ctx: Context, req: FhirRequest, resource_type: str)
     if not params:
         raise bad_request("A conditional update needs search criteria in the URL")
     async with ctx.writing() as uow:
-        matches = await uow.search(resource_type, params)
+        matches = await uow.search(resource_type, params, base_url=ctx.base_url)
         body_id = resource.get("id")
         if len(matches) > 1:
             raise FhirError.of(
@@ -228,7 +226,7 @@ async def _patch_version(
 async def conditional_patch(ctx: Context, req: FhirRequest, resource_type: str) -> FhirResponse:
     params = list(req.params)
     async with ctx.writing() as uow:
-        matches = await uow.search(resource_type, params)
+        matches = await uow.search(resource_type, params, base_url=ctx.base_url)
         if len(matches) != 1:
             raise FhirError.of(
                 412 if matches else 404,
@@ -254,7 +252,7 @@ async def conditional_delete(ctx: Context, req: FhirRequest, resource_type: str)
     if not params:
         raise bad_request("A conditional delete needs search criteria in the URL")
     async with ctx.writing() as uow:
-        matches = await uow.search(resource_type, params)
+        matches = await uow.search(resource_type, params, base_url=ctx.base_url)
         if len(matches) > 1:
             raise FhirError.of(
                 412,

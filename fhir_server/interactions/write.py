@@ -62,9 +62,9 @@ def criteria_params(query: str) -> list[tuple[str, str]]:
 
 
 async def resolve_conditional(
-    uow: UnitOfWork, resource_type: str, params: Sequence[tuple[str, str]]
+    ctx: Context, uow: UnitOfWork, resource_type: str, params: Sequence[tuple[str, str]]
 ) -> list[str]:
-    return await uow.search(resource_type, params)
+    return await uow.search(resource_type, params, base_url=ctx.base_url)
 
 
 def _if_match(current: StoredVersion | None, if_match: int | None, what: str) -> None:
@@ -110,7 +110,7 @@ async def create(
 ) -> WriteResult:
     """Create with a server-assigned id (or ``id``, chosen by a transaction beforehand)."""
     if if_none_exist:
-        matches = await resolve_conditional(uow, resource_type, criteria_params(if_none_exist))
+        matches = await resolve_conditional(ctx, uow, resource_type, criteria_params(if_none_exist))
         if len(matches) > 1:
             raise FhirError.of(
                 412,

@@ -30,9 +30,19 @@ Prefixes
     when it overlaps). ``ne`` matches a resource having some value that is not equal.
 Modifiers
     ``:missing`` (all), ``:exact`` ``:contains`` (string), ``:not`` ``:text``
-    ``:of-type`` (token), ``:[type]`` ``:identifier`` (reference), ``:above``
-    ``:below`` (uri). Not supported: token ``:in`` ``:not-in`` ``:above`` ``:below``
-    (need terminology), unit conversion of quantities (UCUM).
+    ``:of-type`` (token), ``:in`` ``:not-in`` (token; value sets the local terminology
+    can expand), ``:above`` ``:below`` (token: ``system|code`` in a code system the
+    local terminology knows, by its hierarchy; uri: by path), ``:[type]``
+    ``:identifier`` (reference). Not supported: unit conversion of quantities (UCUM).
+Custom parameters
+    ``fhir_server.storage.sqlite.search_index.register_search_parameter`` adds a
+    SearchParameter resource to the registry and indexes the existing resources of its
+    base types for it (only that parameter's rows).
+Query planning (SQLite)
+    each single-condition clause is counted on its index (up to 4,000 rows) before the
+    search; the most selective drives, the others are checked per candidate on the
+    ``(rid, param)`` index; when all are broad, a page without ``_sort`` walks the
+    type in rid order and stops at the page's end.
 Chaining and reverse chaining
     ``subject:Patient.name=x``, multi-level ``a.b.c=x`` (up to 4 levels), ``_has``
     (nested).

@@ -4,7 +4,8 @@
   and ``\\\\`` escape the separators;
 - prefixes ``eq ne gt lt ge le sa eb ap`` on number, date and quantity values;
 - modifiers: ``:missing`` (all types), ``:exact`` ``:contains`` (string), ``:not``
-  ``:text`` ``:of-type`` (token), ``:[type]`` ``:identifier`` (reference), ``:above``
+  ``:text`` ``:of-type`` ``:in`` ``:not-in`` ``:above`` ``:below`` (token, through the
+  local terminology), ``:[type]`` ``:identifier`` (reference), ``:above``
   ``:below`` (uri);
 - chains (``subject:Patient.name=x``, several levels) and ``_has`` (nested too);
 - result parameters ``_sort _count _cursor _total _include _revinclude (:iterate)
@@ -207,6 +208,12 @@ class Parser:
                 raise _Invalid(f"'{sp.code}:of-type' needs system|code|value")
             p = Param(param.code + ":of-type", param.type, param.resource_types)
             return TokenCond(p, parts[0], f"{parts[1]}|{parts[2]}")
+        if modifier in ("in", "not-in"):
+            return TokenCond(
+                param, None, None, negate=modifier == "not-in", codes=_value_set(values.unescape(raw))
+            )
+        if modifier in ("above", "below"):
+            return TokenCond(param, None, None, codes=_hierarchy(modifier, sp.code, raw))
         if modifier not in ("", "not"):
             raise _Invalid(
                 f"Modifier ':{modifier}' is not supported on token '{sp.code}'", "not-supported"
@@ -373,6 +380,37 @@ class Parser:
         return Include(source, code, target, reverse, iterate, params)
 
 
+def _value_set(url: str) -> tuple[tuple[str, str], ...]:
+    """The (system, code) pairs of a value set known to the local terminology."""
+    from fhir_server import terminology
+
+    members = terminology.value_set_membership(url)
+    if members is None:
+        raise _Invalid(f"Value set '{url}' is not known here or cannot be expanded", "not-supported")
+    if not members:
+        return (("", ""),)  # matches nothing
+    return tuple(sorted(members))
+
+
+def _hierarchy(modifier: str, code: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``system|code`` and the codes it subsumes (``:below``) or is subsumed by
+    (``:above``) in a code system known to the local terminology."""
+    from fhir_server import terminology
+
+    parts = values.split_escaped(raw, "|", 1)
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise _Invalid(f"'{code}:{modifier}' needs system|code")
+    system, value = values.unescape(parts[0]), values.unescape(parts[1])
+    cs = terminology.default().code_system(system)
+    if cs is None:
+        raise _Invalid(f"Code system '{system}' is not known here", "not-supported")
+    concept = cs.get(value)
+    if concept is None:
+        raise _Invalid(f"Code '{value}' is not in '{system}'")
+    related = cs.descendants(concept.code) if modifier == "below" else sorted(cs.ancestors(concept.code))
+    return tuple((system, c) for c in (concept.code, *related))
+
+
 def _compartment_clause(parser: Parser, resource_type: str, compartment: tuple[str, str]) -> Clause:
     from fhir_server import definitions
 
@@ -438,7 +476,10 @@ def parse(
     sort: tuple[SortKey, ...] = ()
     count = DEFAULT_COUNT
     cursor: str | None = None
-    total: TotalMode = "accurate"
+    # Without _total the server chooses (search.html#total): an exact count when it is
+    # cheap (at most ESTIMATE_CAP matches), none otherwise, so paging a broad search
+    # does not recount it on every page.
+    total: TotalMode = "estimate"
     includes: list[Include] = []
     summary: SummaryMode | None = None
     elements: tuple[str, ...] = ()

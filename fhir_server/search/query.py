@@ -24,6 +24,9 @@ from fhir_server.errors import Issue
 Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 PREFIXES: frozenset[str] = frozenset(("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"))
 TotalMode = Literal["none", "estimate", "accurate"]
+# `_total=estimate` (the default): stores count exactly up to this many matches, on the
+# first page only, and give no total beyond it.
+ESTIMATE_CAP = 10_000
 SummaryMode = Literal["true", "false", "text", "data", "count"]
 
 
@@ -51,7 +54,10 @@ class TokenCond:
     system: str | None
     code: str | None
     text: str | None = None  # ``:text``: normalised prefix of the text/display
-    negate: bool = False  # ``:not``
+    negate: bool = False  # ``:not`` (and ``:not-in``)
+    # ``:in`` ``:not-in`` ``:above`` ``:below``: any of these (system, code) pairs
+    # (``system`` and ``code`` are then None), expanded through the local terminology
+    codes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,10 +89,17 @@ class UnitOfWork(Protocol):
         """Write a version; raises :class:`VersionConflict` if it is not current + 1."""
         ...
 
-    async def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
+    async def search(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        base_url: str | None = None,
+    ) -> list[str]:
         """Ids of current resources of the type matching the search parameters.
 
-        Used for conditional interactions; sees the unit's own writes.
+        Used for conditional interactions; sees the unit's own writes. ``base_url`` is
+        this server's base, so absolute references on it count as local.
         """
         ...
 

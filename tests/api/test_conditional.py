@@ -128,3 +128,41 @@ async def test_transaction_conditional_reference(client: httpx.AsyncClient) -> N
     assert enc["subject"]["reference"] == f"Patient/{found['entry'][0]['resource']['id']}"
     assert (await client.get("Patient", params={"identifier": f"{MRN}|T2"})).json().get("total", 0) == 0 or \
         "entry" not in (await client.get("Patient", params={"identifier": f"{MRN}|T2"})).json()
+
+
+async def test_custom_search_parameter_indexes_existing_data(client: httpx.AsyncClient) -> None:
+    await client.post("Patient", json=patient("X1", birthDate="1980-05-01"), headers=FHIR)
+    sp = {
+        "resourceType": "SearchParameter",
+        "url": "http://rehabfhir.org/fhir/SearchParameter/patient-mrn-value",
+        "name": "mrnValue",
+        "status": "active",
+        "description": "The value of a patient's identifiers",
+        "code": "mrn-value",
+        "base": ["Patient"],
+        "type": "token",
+        "expression": "Patient.identifier.value",
+    }
+    r = await client.post("SearchParameter", json=sp, headers=FHIR)
+    assert r.status_code == 201, r.text
+    found = (await client.get("Patient", params={"mrn-value": "X1"})).json()
+    assert [e["resource"]["identifier"][0]["value"] for e in found["entry"]] == ["X1"]
+    await client.post("Patient", json=patient("X2"), headers=FHIR)
+    found = (await client.get("Patient", params={"mrn-value": "X2"})).json()
+    assert len(found["entry"]) == 1
+
+
+async def test_conditional_criteria_with_absolute_reference_on_this_server(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.put("Patient/abs", json={**patient("ABS"), "id": "abs"}, headers=FHIR)
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "Patient/abs"},
+    }
+    await client.post("Observation", json=obs, headers=FHIR)
+    criteria = "subject=http://test/fhir/Patient/abs"
+    r = await client.post("Observation", json=obs, headers={**FHIR, "If-None-Exist": criteria})
+    assert r.status_code == 200  # found the existing one: the absolute URL is local

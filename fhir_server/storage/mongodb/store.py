@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fhir_server.search import parser
-from fhir_server.search.query import Hit, SearchQuery, SearchResult
+from fhir_server.search.query import ESTIMATE_CAP, Hit, SearchQuery, SearchResult
 from fhir_server.storage.mongodb import query as mq
 from fhir_server.storage.mongodb.index import (
     INDEXES,
@@ -176,9 +176,17 @@ class _MongoUnitOfWork:
             version.content,
         )
 
-    async def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
-        query = parser.parse(resource_type, params, registry=registry(), strict=True)
-        match = await self._store.translator(None, self._session).filter(query)
+    async def search(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        base_url: str | None = None,
+    ) -> list[str]:
+        query = parser.parse(
+            resource_type, params, registry=registry(), base_url=base_url, strict=True
+        )
+        match = await self._store.translator(base_url, self._session).filter(query)
         cursor = self._store.resources.find(match, {"_id": 0, "i": 1}, session=self._session).sort(
             "seq", ASCENDING
         )
@@ -385,8 +393,12 @@ class MongoStore:
         if query.total != "none":
             if query.cursor is None and not more and query.count > 0:
                 total = len(docs)
-            else:
+            elif query.total == "accurate":
                 total = int(await self.resources.count_documents(match))
+            elif query.cursor is None:
+                # estimate (the default): exact while cheap, nothing beyond the cap
+                capped = int(await self.resources.count_documents(match, limit=ESTIMATE_CAP + 1))
+                total = capped if capped <= ESTIMATE_CAP else None
         next_cursor = previous_cursor = None
         if docs and page is not None:
             forward, paged = page.forward, page.has_cursor

@@ -43,6 +43,7 @@ changes; the cursor is an opaque token holding the boundary row's keys.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -51,9 +52,11 @@ from typing import Any
 
 from fhir_server.errors import bad_request
 from fhir_server.search import parser, values
-from fhir_server.search.extract import extract
+from fhir_server.search.extract import extract, extract_param
 from fhir_server.search.query import (
+    ESTIMATE_CAP,
     ChainCond,
+    Clause,
     CompositeCond,
     Condition,
     DateCond,
@@ -72,7 +75,7 @@ from fhir_server.search.query import (
     TokenCond,
     UriCond,
 )
-from fhir_server.search.registry import Registry, default_registry
+from fhir_server.search.registry import Registry, SearchParam, default_registry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idx_string (
@@ -271,6 +274,17 @@ def _row_filter(
         if cond.text is not None:
             args.extend((cond.text, cond.text + _PREFIX_END))
             return table, f"{sql} AND {a}.text >= ? AND {a}.text < ?"
+        if cond.codes:
+            sql += " AND " + _in(f"{a}.code", sorted({c for _, c in cond.codes}), args)
+            systems = sorted({sy for sy, _ in cond.codes})
+            if len(systems) == 1:
+                args.append(systems[0])
+                sql += f" AND {a}.system = ?"
+            else:
+                pairs = ", ".join("(?, ?)" for _ in cond.codes)
+                args.extend(v for pair in cond.codes for v in pair)
+                sql += f" AND ({a}.system, {a}.code) IN (VALUES {pairs})"
+            return table, sql
         if cond.code is not None:
             args.append(cond.code)
             sql += f" AND {a}.code = ?"
@@ -356,8 +370,9 @@ def _range_sql(prefix: str, a: str, plo: int, phi: int, args: list[Any]) -> str:
     """Date prefixes over the target range [lo, hi] and the search range [plo, phi]."""
     lo, hi = f"{a}.lo", f"{a}.hi"
     if prefix == "eq":
-        args.extend((plo, phi))
-        return f"{lo} >= ? AND {hi} <= ?"
+        # lo <= hi <= phi: a closed range on the lo index
+        args.extend((plo, phi, phi))
+        return f"{lo} >= ? AND {lo} <= ? AND {hi} <= ?"
     if prefix == "ne":
         args.extend((plo, phi))
         return f"({lo} < ? OR {hi} > ?)"
@@ -368,11 +383,13 @@ def _range_sql(prefix: str, a: str, plo: int, phi: int, args: list[Any]) -> str:
         args.append(plo)
         return f"{lo} < ?"
     if prefix == "ge":
-        args.extend((phi, plo, phi))
-        return f"({hi} > ? OR ({lo} >= ? AND {hi} <= ?))"
+        # both branches imply hi >= plo (lo <= hi): a range on the hi index
+        args.extend((plo, phi, plo, phi))
+        return f"{hi} >= ? AND ({hi} > ? OR ({lo} >= ? AND {hi} <= ?))"
     if prefix == "le":
-        args.extend((plo, plo, phi))
-        return f"({lo} < ? OR ({lo} >= ? AND {hi} <= ?))"
+        # both branches imply lo <= phi: a range on the lo index
+        args.extend((phi, plo, plo, phi))
+        return f"{lo} <= ? AND ({lo} < ? OR ({lo} >= ? AND {hi} <= ?))"
     if prefix == "sa":
         args.append(phi)
         return f"{lo} > ?"
@@ -420,7 +437,7 @@ def _rid_set(cond: Condition, args: list[Any], base: str | None) -> tuple[str, b
     """A ``SELECT rid ...`` for the resources a condition matches, and whether the
     condition is negated (the resource must NOT be in that set)."""
     if isinstance(cond, TokenCond) and cond.negate:
-        positive = TokenCond(cond.param, cond.system, cond.code, cond.text)
+        positive = dataclasses.replace(cond, negate=False)
         sub, _ = _rid_set(positive, args, base)
         return sub, True
     if isinstance(cond, MissingCond):
@@ -502,15 +519,86 @@ def _or_sql(
     return "(" + " OR ".join(others) + ")", ""
 
 
-def _where(query: SearchQuery, args: list[Any]) -> str:
+_SIMPLE = (StringCond, TokenCond, ReferenceCond, DateCond, NumberCond, UriCond)
+# A clause matching fewer index rows than this drives the search; above it a clause is
+# "broad" and is better checked per candidate (or per resource, walking the type)
+BROAD = 4000
+
+
+def _probeable(clause: Clause) -> bool:
+    """A clause of one positive value condition on one index table."""
+    if len(clause) != 1:
+        return False
+    cond = clause[0]
+    return isinstance(cond, _SIMPLE) and not (isinstance(cond, TokenCond) and cond.negate)
+
+
+def estimates(conn: sqlite3.Connection, query: SearchQuery) -> dict[int, int]:
+    """For each single-condition clause (by position): how many index rows match it,
+    counted up to :data:`BROAD` (a covering index range; cheap even when broad)."""
+    out: dict[int, int] = {}
+    for i, clause in enumerate(query.clauses):
+        if _probeable(clause):
+            args: list[Any] = []
+            table, where = _row_filter(clause[0], "x", args, query.base_url)
+            row = conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {table} x WHERE {where} LIMIT ?)",
+                [*args, BROAD],
+            ).fetchone()
+            out[i] = int(row[0])
+    return out
+
+
+def _probes(query: SearchQuery, est: dict[int, int] | None, walk: bool) -> set[int]:
+    """The clauses to check per candidate (EXISTS on the ``(rid, param)`` index) rather
+    than as a materialised ``rid IN`` set.
+
+    SQLite materialises every ``rid IN (...)`` set, so a broad clause next to a
+    selective one would cost as much as the broad one alone whichever it drives from.
+    Kept as sets: the most selective single-condition clause (by :func:`estimates`)
+    and every other kind of clause (chains, ``_has``, composites, ORs). When every
+    clause is broad and ``walk`` (a page without ``_sort``): all are probes and the
+    search walks the type's resources in rid order, stopping at the page's end.
+    """
+    if not est:
+        return set()
+    others = any(
+        _or_sql(clause, "r", [], query.base_url)[1]
+        for i, clause in enumerate(query.clauses)
+        if i not in est
+    )
+    driver = min(est, key=lambda i: (est[i], i))
+    if est[driver] >= BROAD and (walk or others):
+        return set(est)
+    return set(est) - {driver}
+
+
+def _exists(cond: Condition, args: list[Any], base: str | None) -> str:
+    table, where = _row_filter(cond, "x", args, base)
+    return (
+        f"EXISTS (SELECT 1 FROM {table} x INDEXED BY {table}_owner WHERE x.rid = r.rid AND {where})"
+    )
+
+
+def _where(
+    query: SearchQuery,
+    args: list[Any],
+    est: dict[int, int] | None = None,
+    walk: bool = False,
+) -> str:
     """The WHERE of the match statement over ``resource r``.
 
     When a clause is a set of rids from an index, the type test is written ``+r.type``
     so that SQLite drives the search from that set rather than from the type's rows.
+    ``est``: clause estimates (:func:`estimates`), to pick the driving clause.
     """
     parts = ["r.content IS NOT NULL"]
     kinds: set[str] = set()
-    for clause in query.clauses:
+    probes = _probes(query, est, walk)
+    for i, clause in enumerate(query.clauses):
+        if i in probes:
+            parts.append(_exists(clause[0], args, query.base_url))
+            continue
         sql, kind = _or_sql(clause, "r", args, query.base_url)
         parts.append(sql)
         kinds.add(kind)
@@ -634,11 +722,25 @@ def _include_rows(
     frontier: list[tuple[int, str, str]],
     base: str | None,
 ) -> list[tuple[int, str, str, bytes]]:
+    statement = _include_sql(inc, frontier, base)
+    if statement is None:
+        return []
+    sql, args = statement
+    if not inc.reverse:
+        return [(r[0], r[1], r[2], r[3]) for r in conn.execute(sql, args)]
+    wanted = {(rtype, rid_text) for _, rtype, rid_text in frontier}
+    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(sql, args) if (r[4], r[5]) in wanted]
+
+
+def _include_sql(
+    inc: Include, frontier: list[tuple[int, str, str]], base: str | None
+) -> tuple[str, list[Any]] | None:
+    """The statement of one include round (None: nothing to look for)."""
     args: list[Any] = []
     if not inc.reverse:
         rids = [rid for rid, rtype, _ in frontier if inc.source_type in ("*", rtype)]
         if not rids:
-            return []
+            return None
         sql = (
             "SELECT DISTINCT t.rid, t.type, t.id, t.content FROM idx_ref ref"
             " JOIN resource t ON t.type = ref.type AND t.id = ref.id"
@@ -654,12 +756,12 @@ def _include_rows(
         if inc.target_type is not None:
             sql += " AND t.type = ?"
             args.append(inc.target_type)
-        return [(r[0], r[1], r[2], r[3]) for r in conn.execute(sql, args)]
+        return sql, args
     wanted = {(rtype, rid_text) for _, rtype, rid_text in frontier}
     if inc.target_type is not None:
         wanted = {w for w in wanted if w[0] == inc.target_type}
     if not wanted:
-        return []
+        return None
     sql = (
         "SELECT DISTINCT s.rid, s.type, s.id, s.content, ref.type, ref.id FROM idx_ref ref"
         " JOIN resource s ON s.rid = ref.rid"
@@ -677,19 +779,23 @@ def _include_rows(
     if inc.source_type != "*":
         sql += " AND s.type = ?"
         args.append(inc.source_type)
-    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(sql, args) if (r[4], r[5]) in wanted]
+    return sql, args
 
 
 def search(conn: sqlite3.Connection, query: SearchQuery) -> SearchResult:
     """Run a parsed search: one page of matches (and includes), the total, cursors."""
+    est = estimates(conn, query) if len(query.clauses) > 0 else {}
     sort_args: list[Any] = []
     sort_exprs = [_sort_expr(k, sort_args) for k in query.sort]
     where_args: list[Any] = []
-    where = _where(query, where_args)
-    inner_args = sort_args + where_args
+    where = _where(query, where_args, est)
+    page_args: list[Any] = []
+    page_where = _where(query, page_args, est, walk=not query.sort)
+    inner_args = sort_args + page_args
     selected = "".join(f", {e} AS k{i}" for i, e in enumerate(sort_exprs))
     inner = (
-        f"SELECT r.rid AS r_rid, r.type, r.id, r.content{selected} FROM resource r WHERE {where}"
+        f"SELECT r.rid AS r_rid, r.type, r.id, r.content{selected}"
+        f" FROM resource r WHERE {page_where}"
     )
     descs = [k.descending for k in query.sort]
 
@@ -726,10 +832,17 @@ def search(conn: sqlite3.Connection, query: SearchQuery) -> SearchResult:
     if query.total != "none":
         if query.cursor is None and not more and query.count > 0:
             total = len(rows)
-        else:
+        elif query.total == "accurate":
             total = conn.execute(
                 f"SELECT count(*) FROM resource r WHERE {where}", where_args
             ).fetchone()[0]
+        elif query.cursor is None:
+            # estimate: exact while cheap (first page only), nothing beyond the cap
+            capped = conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM resource r WHERE {where} LIMIT ?)",
+                [*where_args, ESTIMATE_CAP + 1],
+            ).fetchone()[0]
+            total = capped if capped <= ESTIMATE_CAP else None
 
     def cursor_of(row: Any, d: str) -> str:
         return _encode_cursor(d, list(row[4:]), row[0])
@@ -751,12 +864,20 @@ def search(conn: sqlite3.Connection, query: SearchQuery) -> SearchResult:
 
 
 def search_ids(
-    conn: sqlite3.Connection, resource_type: str, params: Sequence[tuple[str, str]]
+    conn: sqlite3.Connection,
+    resource_type: str,
+    params: Sequence[tuple[str, str]],
+    *,
+    base_url: str | None = None,
 ) -> list[str]:
-    """Ids of the current resources of a type matching the parameters (strict)."""
-    query = parser.parse(resource_type, params, registry=registry(), strict=True)
+    """Ids of the current resources of a type matching the parameters (strict).
+
+    ``base_url``: this server's base, so that absolute references starting with it are
+    local (as in the search interaction); without it only relative ones are.
+    """
+    query = parser.parse(resource_type, params, registry=registry(), base_url=base_url, strict=True)
     args: list[Any] = []
-    where = _where(query, args)
+    where = _where(query, args, estimates(conn, query))
     rows = conn.execute(f"SELECT r.id FROM resource r WHERE {where} ORDER BY r.rid", args)
     return [r[0] for r in rows]
 
@@ -764,9 +885,48 @@ def search_ids(
 def explain(conn: sqlite3.Connection, query: SearchQuery) -> list[str]:
     """SQLite's query plan for the match statement of a query (diagnostics, tests)."""
     args: list[Any] = []
-    where = _where(query, args)
+    where = _where(query, args, estimates(conn, query))
     rows = conn.execute(f"EXPLAIN QUERY PLAN SELECT r.rid FROM resource r WHERE {where}", args)
     return [str(r[-1]) for r in rows]
+
+
+def explain_all(conn: sqlite3.Connection, query: SearchQuery) -> dict[str, list[str]]:
+    """Query plans of every statement a search runs: ``page`` (with ``_sort`` keys,
+    as for the first page), ``count`` and one per ``_include``/``_revinclude`` (over
+    the first page's matches, or made-up ones when there are none)."""
+    est = estimates(conn, query)
+
+    def plan(sql: str, args: Sequence[Any]) -> list[str]:
+        return [str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", list(args))]
+
+    sort_args: list[Any] = []
+    sort_exprs = [_sort_expr(k, sort_args) for k in query.sort]
+    selected = "".join(f", {e} AS k{i}" for i, e in enumerate(sort_exprs))
+    page_args: list[Any] = []
+    page_where = _where(query, page_args, est, walk=not query.sort)
+    order = ", ".join(
+        [f"k{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(query.sort)]
+        + ["r_rid"]
+    )
+    page = (
+        f"SELECT * FROM (SELECT r.rid AS r_rid, r.type, r.id{selected} FROM resource r"
+        f" WHERE {page_where}) ORDER BY {order} LIMIT ?"
+    )
+    count_args: list[Any] = []
+    count = f"SELECT count(*) FROM resource r WHERE {_where(query, count_args, est)}"
+    out = {
+        "page": plan(page, [*sort_args, *page_args, query.count + 1]),
+        "count": plan(count, count_args),
+    }
+    rows = conn.execute(page, [*sort_args, *page_args, query.count + 1]).fetchall()
+    frontier = [(r[0], r[1], r[2]) for r in rows] or [
+        (1, t, "x") for t in query.resource_types or ("Patient",)
+    ]
+    for n, inc in enumerate(query.includes):
+        statement = _include_sql(inc, frontier, query.base_url)
+        if statement is not None:
+            out[f"include {n}"] = plan(*statement)
+    return out
 
 
 def reindex(conn: sqlite3.Connection, rows: Iterable[tuple[int, str, bytes]]) -> int:
@@ -778,3 +938,83 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[tuple[int, str, bytes]]) ->
         write(conn, rid, rtype, jsonio.loads(content))
         n += 1
     return n
+
+
+_ROW_COLUMNS = {
+    "idx_string": ("strings", "value, exact, grp"),
+    "idx_token": ("tokens", "system, code, text, grp"),
+    "idx_ref": ("refs", "type, id, version, url, id_system, id_value, grp"),
+    "idx_date": ("dates", "lo, hi, grp"),
+    "idx_number": ("numbers", "lo, hi, grp"),
+    "idx_quantity": ("quantities", "lo, hi, system, code, unit, grp"),
+    "idx_uri": ("uris", "value, grp"),
+}
+
+
+def register_search_parameter(
+    conn: sqlite3.Connection, resource: dict[str, Any], *, batch: int = 2000
+) -> tuple[SearchParam, int]:
+    """Make a (created or updated) SearchParameter resource searchable: add it to the
+    registry in use and index the current resources of its base types for it.
+
+    Only the new parameter's rows are written (the other parameters' rows are left
+    alone). Call it inside the unit of work that stores the SearchParameter, with that
+    unit's connection, so the parameter and its index rows commit together. Returns the
+    parameter and the number of resources indexed. Invalid definitions raise a 400
+    ``FhirError`` before anything is changed.
+    """
+    from fhir_server import jsonio
+    from fhir_server.search import model
+
+    reg = registry()
+    old = reg.by_url(str(resource.get("url") or ""))
+    param = reg.add(resource)
+    if not param.indexable:
+        return param, 0
+    if any(b in ("Resource", "DomainResource") for b in param.base):
+        types = sorted(
+            model.DOMAIN_RESOURCE_TYPES if "Resource" not in param.base else model.RESOURCE_TYPES
+        )
+    else:
+        types = sorted(set(param.base))
+    codes = [param.code, f"{param.code}:of-type"]
+    if param.type == "composite":
+        codes = [f"{param.code}#{i}" for i in range(len(param.components))]
+    tables = sorted(set(_ROW_COLUMNS))
+    for t in types:
+        old_keys = {_key(t, c) for c in codes}
+        if old is not None:
+            old_codes = [old.code, f"{old.code}:of-type"] + [
+                f"{old.code}#{i}" for i in range(len(old.components))
+            ]
+            old_keys |= {_hash_key("*", c) for c in old_codes} | {
+                _hash_key(t, c) for c in old_codes
+            }
+        for table in tables:
+            conn.execute(
+                f"DELETE FROM {table} WHERE param IN ({', '.join('?' * len(old_keys))})"
+                f" AND rid IN (SELECT rid FROM resource WHERE type = ?)",
+                [*sorted(old_keys), t],
+            )
+    n = 0
+    for t in types:
+        cursor = conn.execute(
+            "SELECT rid, content FROM resource WHERE type = ? AND content IS NOT NULL", (t,)
+        )
+        while rows := cursor.fetchmany(batch):
+            pending: dict[str, list[tuple[Any, ...]]] = {table: [] for table in tables}
+            for rid, content in rows:
+                entries = extract_param(jsonio.loads(content), param.code, reg)
+                for table in tables:
+                    field, _ = _ROW_COLUMNS[table]
+                    for row in getattr(entries, field):
+                        pending[table].append((rid, _key(t, row[0]), *row[1:]))
+                n += 1
+            for table, items in pending.items():
+                if items:
+                    columns = _ROW_COLUMNS[table][1]
+                    marks = ", ".join("?" * (len(items[0])))
+                    conn.executemany(
+                        f"INSERT INTO {table} (rid, param, {columns}) VALUES ({marks})", items
+                    )
+    return param, n

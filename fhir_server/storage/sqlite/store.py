@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from fhir_server import jsonio
 from fhir_server.search.query import SearchQuery, SearchResult
 from fhir_server.storage.port import (
     HistoryPage,
@@ -141,6 +142,9 @@ class _SqliteUnitOfWork:
                 version.content,
             ),
         )
+        if version.resource_type == "SearchParameter" and version.resource is not None:
+            # a custom search parameter becomes searchable, existing data indexed for it
+            search_index.register_search_parameter(conn, version.resource)
         if version.resource is None:
             search_index.delete(conn, rid)
         else:
@@ -156,8 +160,14 @@ class _SqliteUnitOfWork:
             version.content,
         )
 
-    async def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
-        return search_index.search_ids(self._conn, resource_type, params)
+    async def search(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        base_url: str | None = None,
+    ) -> list[str]:
+        return search_index.search_ids(self._conn, resource_type, params, base_url=base_url)
 
 
 class SqliteStore:
@@ -182,6 +192,11 @@ class SqliteStore:
         self._writer.executescript(SCHEMA)
         search_index.create_schema(self._writer)
         self._reader = connect(self.path)
+        # custom SearchParameters stored earlier are known again (their rows exist)
+        for (content,) in self._reader.execute(
+            "SELECT content FROM resource WHERE type = 'SearchParameter' AND content IS NOT NULL"
+        ):
+            search_index.registry().add(jsonio.loads(content))
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):

@@ -32,6 +32,7 @@ composite   the components' entries under the codes ``code#0``, ``code#1``..., t
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -535,6 +536,64 @@ class _ParamPlan:
     type: str
     evaluate: Evaluate
     components: tuple[_ComponentPlan, ...] = ()
+    # Top-level elements the expression starts from; when a resource has none of them
+    # the parameter has no value there and is not evaluated. None: always evaluate.
+    roots: frozenset[str] | None = None
+
+
+_PART_START = re.compile(r"\(*\s*([A-Za-z]+)\.([A-Za-z]+)")
+# expressions that can yield a value without their root element (e.g. `X.exists() and
+# X != false` gives false for a missing X): never skipped
+_NOT_ROOTED = ("exists", "empty", "not(", "iif", "count", "%", "$", "today", "now")
+
+
+def _union_parts(expression: str) -> list[str]:
+    parts: list[str] = []
+    depth, start, quoted = 0, 0, False
+    for i, ch in enumerate(expression):
+        if ch == "'":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(expression[start:i])
+            start = i + 1
+    parts.append(expression[start:])
+    return parts
+
+
+def expression_roots(expression: str, resource_type: str) -> frozenset[str] | None:
+    """The top-level element names a search expression reads on ``resource_type``."""
+    if any(word in expression for word in _NOT_ROOTED):
+        return None
+    roots: set[str] = set()
+    for part in _union_parts(expression):
+        m = _PART_START.match(part.strip())
+        if m is None:
+            return None
+        rtype, first = m.groups()
+        if rtype in (resource_type, "Resource", "DomainResource"):
+            roots.add(first)
+        elif not rtype[:1].isupper():
+            return None
+        # a part rooted on another resource type has no value on this one
+    return frozenset(roots)
+
+
+def _stems(resource: dict[str, Any]) -> set[str]:
+    """Element names present: each key, and for a choice (`valueQuantity`) its stem."""
+    stems: set[str] = set()
+    for key in resource:
+        stems.add(key)
+        for i in range(1, len(key)):
+            if key[i].isupper():
+                stems.add(key[:i])
+                break
+    return stems
 
 
 def _plan_for(registry: Registry, resource_type: str) -> tuple[_ParamPlan, ...]:
@@ -556,7 +615,13 @@ def _plan_for(registry: Registry, resource_type: str) -> tuple[_ParamPlan, ...]:
             if not ok or not comps:
                 continue
         plans.append(
-            _ParamPlan(code, p.type, compile_evaluator(p.expression, resource_type), tuple(comps))
+            _ParamPlan(
+                code,
+                p.type,
+                compile_evaluator(p.expression, resource_type),
+                tuple(comps),
+                expression_roots(p.expression, resource_type),
+            )
         )
     return tuple(plans)
 
@@ -591,7 +656,10 @@ def extract(resource: dict[str, Any], registry: Registry | None = None) -> Index
     memo: Memo = {}
     conv: Conversions = {}
     grp = 0
+    present = _stems(resource)
     for plan in _plans(reg, rt):
+        if plan.roots is not None and present.isdisjoint(plan.roots):
+            continue
         items = plan.evaluate(resource, root, memo)
         if not items:
             continue

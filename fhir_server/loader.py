@@ -75,6 +75,16 @@ async def _same(ctx: Context, resource: dict[str, Any]) -> bool:
     return bool(stored == mine)
 
 
+def _written_entries(response: dict[str, Any] | None) -> int:
+    """Entries of a transaction/batch response that created or updated a resource."""
+    entries = (response or {}).get("entry", [])
+    return sum(
+        1
+        for e in entries
+        if str(e.get("response", {}).get("status", "")).startswith(("200", "201"))
+    )
+
+
 async def _drop_unchanged_puts(ctx: Context, bundle: dict[str, Any]) -> int:
     """Leave out PUT entries whose resource is already stored as written (idempotent load).
 
@@ -147,8 +157,9 @@ async def load_resources(
             await flush()
             report.unchanged += await _drop_unchanged_puts(ctx, item)
             try:
-                await bundle.process(ctx, FhirRequest("POST", "", parsed=item))
+                response = await bundle.process(ctx, FhirRequest("POST", "", parsed=item))
                 report.transactions += 1
+                report.written += _written_entries(response.resource)
             except FhirError as err:
                 report.failed += 1
                 if errors:

@@ -145,10 +145,14 @@ async def test_the_serve_loader_loads_every_example_file_cleanly() -> None:
         for path in files:
             report = await load_resources(ctx, read_file(path), errors=errors.append)
             assert report.failed == 0, errors
-        assert await store.count() == len(RESOURCES)
+        fees = json.loads((EXAMPLES / "fee-schedule.json").read_text())["entry"]
+        assert await store.count() == len(RESOURCES) + len(fees)
+        assert await store.count("ChargeItemDefinition") == len(fees)
         again = await load_resources(ctx, read_file(DEMO), errors=errors.append)
         assert again.failed == 0
-        assert await store.count() == len(RESOURCES)
+        fees = json.loads((EXAMPLES / "fee-schedule.json").read_text())["entry"]
+        assert await store.count() == len(RESOURCES) + len(fees)
+        assert await store.count("ChargeItemDefinition") == len(fees)
     finally:
         await store.close()
 

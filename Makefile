@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 serve: install
-	$(BIN)/fhir-server serve --demo
+	$(BIN)/fhir-server serve --demo --no-auth
 
 test: install
 	$(BIN)/python -m pytest

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from fhir_server import terminology, validation
 from fhir_server.api import http
 from fhir_server.interactions.context import Context
+from fhir_server.interactions.model import FhirRequest
 from fhir_server.settings import Settings
 from fhir_server.storage.port import Store
 
@@ -64,6 +65,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    if settings.auth_enabled:
+        ctx = _with_auth(app, ctx)
     app.state.context = ctx
     base = settings.base_path.rstrip("/")
 
@@ -75,3 +78,74 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_api_route(base + "/", endpoint, methods=METHODS, include_in_schema=False)
     app.add_api_route(base + "/{path:path}", endpoint, methods=METHODS, include_in_schema=False)
     return app
+
+
+def _with_auth(app: FastAPI, ctx: Context) -> Context:
+    """SMART on FHIR: the authorization server's routes (registered before the FHIR
+    catch-all routes), CORS, and the authenticator every FHIR request goes through."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    from fhir_server.auth.config import AuthConfig
+    from fhir_server.auth.server import AuthServer
+    from fhir_server.auth.tokens import OidcVerifier
+
+    settings = ctx.settings
+
+    async def patients() -> list[tuple[str, str]]:
+        """The patients offered at launch (id, display name), from the search."""
+        from fhir_server.interactions.router import dispatch
+
+        req = FhirRequest("GET", "Patient", params=[("_count", "100")])
+        bundle = (await dispatch(ctx, req)).resource or {}
+        out: list[tuple[str, str]] = []
+        for entry in bundle.get("entry", ()):
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
+                out.append((resource["id"], _display_name(resource)))
+        return out
+
+    server = AuthServer.from_config(AuthConfig.from_settings(settings), patient_lookup=patients)
+    external = [
+        OidcVerifier(issuer, settings.base_url, jwks_uri=jwks_uri)
+        for issuer, jwks_uri in settings.auth_external_issuers
+    ]
+    app.state.auth_server = server
+    app.include_router(server.router())
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.auth_cors_origins),
+        allow_methods=METHODS,
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Accept",
+            "Prefer",
+            "If-Match",
+            "If-None-Match",
+            "If-None-Exist",
+            "If-Modified-Since",
+        ],
+        expose_headers=[
+            "Location",
+            "ETag",
+            "Last-Modified",
+            "Content-Location",
+            "WWW-Authenticate",
+        ],
+    )
+    return ctx.with_authenticator(server.authenticator(external))
+
+
+def _display_name(patient: dict[str, object]) -> str:
+    names = patient.get("name")
+    if isinstance(names, list) and names and isinstance(names[0], dict):
+        name = names[0]
+        if isinstance(name.get("text"), str):
+            return str(name["text"])
+        given = name.get("given")
+        parts = [str(g) for g in given] if isinstance(given, list) else []
+        if isinstance(name.get("family"), str):
+            parts.append(str(name["family"]))
+        if parts:
+            return " ".join(parts)
+    return str(patient.get("id", ""))

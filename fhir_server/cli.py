@@ -1,15 +1,22 @@
-"""The `fhir-server` command: serve, load."""
+"""The `fhir-server` command: serve, load, validate, and the authorization server's
+clients (`client add|remove`) and signing keys (`keys rotate`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from fhir_server.settings import Settings
 
 DEFAULT_DATABASE = Settings().database
+DEFAULT_CLIENTS = Settings().auth_clients_path or "./data/clients.json"
+DEFAULT_KEYS = Settings().auth_keys_path or "./data/auth-keys.json"
+ROLES = ("therapist", "assistant", "front-desk", "biller", "auditor")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -79,8 +86,32 @@ def cmd_load(args: argparse.Namespace) -> int:
     return asyncio.run(_load(_settings(args), _files(args.files), args.quiet))
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    if args.no_auth and not is_loopback(args.host):
+        print(
+            f"refusing to serve without authorization on '{args.host}': --no-auth is only"
+            " allowed on a loopback address (127.0.0.1, ::1, localhost); drop --no-auth"
+            " to require SMART on FHIR access tokens",
+            file=sys.stderr,
+        )
+        return 2
+    settings = replace(
+        _settings(args),
+        auth_enabled=not args.no_auth,
+        auth_auto_approve=args.auth_auto_approve,
+        auth_clients_path=args.clients,
+        auth_keys_path=args.keys,
+    )
     # The rehab IG's conformance resources are served like any other resource.
     rc = asyncio.run(_load(settings, _conformance_files(), quiet=True))
     if rc:
@@ -93,6 +124,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     print(f"FHIR R4 server at {settings.base_url}", file=sys.stderr)
+    if settings.auth_enabled:
+        print(
+            f"SMART on FHIR: {settings.base_url}/.well-known/smart-configuration"
+            f" (clients in {settings.auth_clients_path};"
+            " register one with `fhir-server client add`)",
+            file=sys.stderr,
+        )
+        if settings.auth_auto_approve:
+            print("warning: every authorization request is approved", file=sys.stderr)
+    else:
+        print("warning: authorization is off (--no-auth)", file=sys.stderr)
     if args.server == "granian":
         from granian.constants import Interfaces
         from granian.server.embed import Server
@@ -112,6 +154,62 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return validate_files([Path(f) for f in args.files], profile=args.profile)
 
 
+def cmd_client_add(args: argparse.Namespace) -> int:
+    from fhir_server.auth.clients import ClientError, register_client
+    from fhir_server.auth.scopes import role_scopes
+
+    scopes: list[str] = list(args.scope.split()) if args.scope else []
+    if args.role:
+        scopes += role_scopes(args.role).strings()
+    if not scopes:
+        print("give the client's scopes with --scope and/or --role", file=sys.stderr)
+        return 2
+    jwks = None
+    if args.jwks:
+        try:
+            jwks = json.loads(Path(args.jwks).read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"cannot read the JWKS file {args.jwks}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        client, secret = register_client(
+            args.clients,
+            client_id=args.id,
+            client_type="public" if args.public else "confidential",
+            redirect_uris=args.redirect_uri or (),
+            scopes=list(dict.fromkeys(scopes)),
+            jwks=jwks,
+            jwks_uri=args.jwks_uri,
+            name=args.name,
+        )
+    except (ClientError, ValueError) as exc:
+        print(f"cannot register the client: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered client '{client.client_id}' ({client.auth_method}) in {args.clients}")
+    print(f"scopes: {' '.join(client.scopes)}")
+    if secret is not None:
+        print(f"client secret (shown once, only its hash is kept): {secret}")
+    return 0
+
+
+def cmd_client_remove(args: argparse.Namespace) -> int:
+    from fhir_server.auth.clients import ClientRegistry
+
+    if not ClientRegistry(args.clients).remove(args.id):
+        print(f"no client '{args.id}' in {args.clients}", file=sys.stderr)
+        return 1
+    print(f"removed client '{args.id}'")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from fhir_server.auth.tokens import rotate_signing_key
+
+    kid = rotate_signing_key(args.keys, args.alg, keep=args.keep)
+    print(f"new signing key {kid} in {args.keys}; restart the server to use it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--database", default=DEFAULT_DATABASE)
     serve.add_argument("--demo", action="store_true", help="load the demo clinic first")
     serve.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without authorization (only on a loopback address)",
+    )
+    serve.add_argument(
+        "--auth-auto-approve",
+        action="store_true",
+        help="approve every authorization request without asking (tests, demos)",
+    )
+    serve.add_argument("--clients", default=DEFAULT_CLIENTS, help="registered clients (JSON)")
+    serve.add_argument("--keys", default=DEFAULT_KEYS, help="token signing keys (JWKS)")
     serve.set_defaults(func=cmd_serve)
     load = sub.add_parser("load", help="import Bundles and NDJSON files")
     load.add_argument("files", nargs="+")
@@ -133,6 +243,33 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("files", nargs="+")
     check.add_argument("--profile", help="canonical URL of a profile to validate against")
     check.set_defaults(func=cmd_validate)
+    client = sub.add_parser("client", help="register or remove OAuth clients")
+    client_sub = client.add_subparsers(dest="client_command", required=True)
+    add = client_sub.add_parser("add", help="register (or replace) a client")
+    add.add_argument("--id", required=True, help="the client_id")
+    kind = add.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--public", action="store_true", help="a public client (PKCE only)")
+    kind.add_argument("--confidential", action="store_true", help="a confidential client")
+    add.add_argument("--redirect-uri", action="append", help="allowed redirect URI (repeat)")
+    add.add_argument("--scope", help="the scopes it may ask for, space-separated")
+    add.add_argument("--role", choices=ROLES, help="add a staff role's default scopes")
+    keys_source = add.add_mutually_exclusive_group()
+    keys_source.add_argument("--jwks", help="file of the client's public keys (private_key_jwt)")
+    keys_source.add_argument("--jwks-uri", help="URL of the client's public keys")
+    add.add_argument("--name", help="shown on the approval page")
+    add.add_argument("--clients", default=DEFAULT_CLIENTS)
+    add.set_defaults(func=cmd_client_add)
+    remove = client_sub.add_parser("remove", help="remove a client")
+    remove.add_argument("id")
+    remove.add_argument("--clients", default=DEFAULT_CLIENTS)
+    remove.set_defaults(func=cmd_client_remove)
+    keys = sub.add_parser("keys", help="manage the token signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_sub.add_parser("rotate", help="add a new signing key; keep the previous one")
+    rotate.add_argument("--alg", choices=("ES384", "RS384"), default=None)
+    rotate.add_argument("--keep", type=int, default=1, help="previous keys still verifying")
+    rotate.add_argument("--keys", default=DEFAULT_KEYS)
+    rotate.set_defaults(func=cmd_keys_rotate)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -22,6 +22,24 @@ class Settings:
     # canonical URL) pairs; checked on writes and by $validate.
     required_profiles: tuple[tuple[str, str], ...] = ()
 
+    # SMART on FHIR authorization. Off for the library (tests, embedding); the
+    # ``serve`` command turns it on unless ``--no-auth``. ``auth_*`` fields are read
+    # by :meth:`fhir_server.auth.config.AuthConfig.from_settings` (None: its default).
+    auth_enabled: bool = False
+    auth_clients_path: str | None = "./data/clients.json"  # registered clients
+    auth_keys_path: str | None = "./data/auth-keys.json"  # private signing keys (JWKS)
+    # Approve every authorization request without a page (tests and demos only).
+    auth_auto_approve: bool = False
+    auth_fixed_patient: str | None = None  # launch every launch/patient with it
+    auth_default_patient: str | None = None  # when the request names no patient
+    auth_default_user: str | None = None  # fhirUser of the approver, e.g. Practitioner/x
+    auth_access_token_lifetime: int = 3600  # seconds
+    # Tokens of external OpenID Connect providers accepted as well, as (issuer, JWKS
+    # URL) pairs; their audience must be this server's base URL.
+    auth_external_issuers: tuple[tuple[str, str], ...] = ()
+    # Origins allowed to call the API from a browser (CORS).
+    auth_cors_origins: tuple[str, ...] = ("*",)
+
     @property
     def base_url(self) -> str:
         if self.public_base_url:

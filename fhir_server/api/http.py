@@ -1,7 +1,9 @@
 """HTTP <-> plain request/response. Nothing FHIR-semantic happens here beyond the
 HTTP-level rules: media types, body size, `_format`/`_pretty`, `_summary`/`_elements`
-on single-resource reads, HEAD, and mapping errors to OperationOutcome (the one place
-where that happens).
+on single-resource reads, HEAD, bearer-token authentication when the context has an
+authenticator (every request but ``GET metadata``; the principal rides on the context
+to the router, which enforces the scopes), and mapping errors to OperationOutcome (the
+one place where that happens).
 """
 
 from __future__ import annotations
@@ -93,6 +95,11 @@ def _encode(req: FhirRequest, resp: FhirResponse, pretty: bool) -> bytes | None:
     return jsonio.dumps(resource, pretty=pretty)
 
 
+def _is_public(req: FhirRequest) -> bool:
+    """Requests served without a token: the CapabilityStatement only."""
+    return req.method in ("GET", "HEAD") and req.path == "metadata"
+
+
 async def handle(request: Request, ctx: Context, path: str) -> Response:
     params = list(request.query_params.multi_items())
     fmt = request.query_params.get("_format")
@@ -119,6 +126,9 @@ async def handle(request: Request, ctx: Context, path: str) -> Response:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
         )
+        if ctx.authenticator is not None and not _is_public(req):
+            principal = await ctx.authenticator.authenticate(request.headers.get("authorization"))
+            ctx = ctx.as_principal(principal)
         resp = await dispatch(ctx, req)
         content = _encode(req, resp, pretty)
     except FhirError as err:

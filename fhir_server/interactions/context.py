@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from fhir_server.settings import Settings
 from fhir_server.storage.port import Store, StoredVersion, UnitOfWork
+
+if TYPE_CHECKING:
+    from fhir_server.auth.access import Authenticator, Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +19,10 @@ class Context:
     store: Store
     settings: Settings
     uow: UnitOfWork | None = None  # set while a transaction Bundle is processed
+    # Set when authorization is on: verifies each request's bearer token.
+    authenticator: Authenticator | None = None
+    # The caller of this request (None: authorization is off, or not yet known).
+    principal: Principal | None = None
 
     @property
     def base_url(self) -> str:
@@ -22,6 +30,13 @@ class Context:
 
     def within(self, uow: UnitOfWork) -> Context:
         return replace(self, uow=uow)
+
+    def with_authenticator(self, authenticator: Authenticator | None) -> Context:
+        return replace(self, authenticator=authenticator)
+
+    def as_principal(self, principal: Principal | None) -> Context:
+        """The context of one request made by ``principal``."""
+        return replace(self, principal=principal)
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[UnitOfWork]:

@@ -95,9 +95,15 @@ _capability_cache: dict[str, bytes] = {}
 
 
 async def _capabilities(ctx: Context, req: FhirRequest) -> FhirResponse:
-    key = ctx.base_url
+    secured = ctx.settings.auth_enabled
+    key = f"{ctx.base_url} auth={secured}"
     if key not in _capability_cache:
         statement = capabilities.build(ctx.settings, ROUTES, date=res.now_instant()[:10])
+        if secured:
+            from fhir_server.auth.capability import add_security
+            from fhir_server.auth.config import AuthConfig
+
+            add_security(statement, AuthConfig.from_settings(ctx.settings))
         _capability_cache[key] = jsonio.dumps(statement)
     return FhirResponse(200, content=_capability_cache[key])
 
@@ -147,10 +153,66 @@ def _match(shape: tuple[str, ...], parts: list[str]) -> list[str] | None:
     return args
 
 
+async def _guarded(ctx: Context, req: FhirRequest, route: Route, args: list[str]) -> FhirResponse:
+    """Runs a route for an authenticated caller; see :mod:`fhir_server.auth.enforce`."""
+    from fhir_server.auth import enforce
+    from fhir_server.auth.access import search_compartment
+
+    principal = ctx.principal
+    assert principal is not None
+    code = route.code
+    if code in enforce.READS:
+        await enforce.check_read(ctx, principal, code, args)
+        response = await route.handler(ctx, req, *args)
+        if code == "history-instance" and response.resource is not None:
+            await enforce.filter_history(ctx, principal, response.resource, "read")
+        return response
+    if code in enforce.WRITES:
+        return await enforce.guarded_write(ctx, principal, code, route.handler, req, args)
+    if code in ("search-type", "search-system", "search-compartment"):
+        rtype = args[-1] if code == "search-compartment" else (args[0] if args else None)
+        enforce.require(principal, "search-type" if rtype else "search-system", rtype)
+        compartment = None
+        if code == "search-type":
+            compartment = search_compartment(principal, args[0])
+        if compartment is None:
+            response = await route.handler(ctx, req, *args)
+        else:
+            form_body = route.shape[-1] == "_search"
+            response = await _search(ctx, req, args[0], form_body, compartment=compartment)
+        if response.resource is not None:
+            if compartment is not None and rtype is not None:
+                enforce.restore_links(response.resource, ctx.base_url, compartment, rtype)
+            await enforce.filter_search(
+                ctx, principal, response.resource, rtype, compartment is not None
+            )
+        return response
+    if code in enforce.HISTORY:
+        rtype = args[0] if args else None
+        enforce.require(principal, code, rtype)
+        response = await route.handler(ctx, req, *args)
+        if response.resource is not None:
+            await enforce.filter_history(ctx, principal, response.resource, code)
+        return response
+    if code == "transaction":
+        await enforce.check_transaction(ctx, principal, req)
+        return await route.handler(ctx, req, *args)
+    if code == "capabilities":
+        return await route.handler(ctx, req, *args)
+    raise FhirError.of(403, "forbidden", f"'{code}' is not available to this access token")
+
+
 async def dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
+    """Runs the interaction the request names; with a principal on the context, only
+    what its scopes allow (403/404, see :mod:`fhir_server.auth.enforce`). Bundle
+    entries come back through here, so they are checked one by one."""
     parts = [p for p in req.path.split("/") if p]
     method = "GET" if req.method == "HEAD" else req.method
     if parts and parts[-1].startswith("$"):
+        if ctx.principal is not None:
+            from fhir_server.auth import enforce
+
+            await enforce.check_operation(ctx, ctx.principal, req, parts)
         return await operations.invoke(ctx, req, parts)
     if parts and parts[0] not in _LITERALS:
         res.check_type(parts[0])
@@ -161,6 +223,8 @@ async def dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
             continue
         matched_path = True
         if route.method == method:
+            if ctx.principal is not None:
+                return await _guarded(ctx, req, route, args)
             return await route.handler(ctx, req, *args)
     if matched_path:
         raise FhirError.of(

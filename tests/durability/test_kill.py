@@ -45,7 +45,7 @@ class Server:
     def start(self) -> None:
         cmd = [
             sys.executable, "-m", "fhir_server.cli", "serve",
-            "--database", f"sqlite:///{self.db}", "--port", str(self.port),
+            "--database", f"sqlite:///{self.db}", "--port", str(self.port), "--no-auth",
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -7,6 +7,7 @@
   ``:text`` ``:of-type`` ``:in`` ``:not-in`` ``:above`` ``:below`` (token, through the
   local terminology), ``:[type]`` ``:identifier`` (reference), ``:above``
   ``:below`` (uri);
+- ``_text`` and ``_content`` (full text, see :mod:`fhir_server.search.fulltext`);
 - chains (``subject:Patient.name=x``, several levels) and ``_has`` (nested too);
 - result parameters ``_sort _count _cursor _total _include _revinclude (:iterate)
   _summary _elements _type``.
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from typing import Literal, cast
 
 from fhir_server.errors import FhirError, Issue
-from fhir_server.search import model, values
+from fhir_server.search import fulltext, model, values
 from fhir_server.search.query import (
     PREFIXES,
     ChainCond,
@@ -43,6 +44,7 @@ from fhir_server.search.query import (
     SortKey,
     StringCond,
     SummaryMode,
+    TextCond,
     TokenCond,
     TotalMode,
     UriCond,
@@ -56,6 +58,7 @@ MAX_CHAIN_DEPTH = 4
 UriMode = Literal["eq", "above", "below"]
 _IGNORED_SILENTLY = frozenset({"_format", "_pretty"})
 _RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
+_FULL_TEXT = frozenset({"_text", "_content"})
 _SORTABLE = frozenset({"string", "token", "date", "number", "quantity", "uri", "reference"})
 
 
@@ -105,6 +108,10 @@ class Parser:
         if dot:
             return (self.chain(types, code, modifier, rest, raw, depth),)
         sp, param = self.lookup(types, code)
+        if code in _FULL_TEXT:
+            if modifier:
+                raise _Invalid(f"Modifier ':{modifier}' is not supported on '{code}'")
+            return tuple(self.full_text(code, p) for p in values.split_escaped(raw, ","))
         if modifier == "missing":
             if raw not in ("true", "false"):
                 raise _Invalid(f"'{name}' must be true or false")
@@ -129,6 +136,13 @@ class Parser:
                 raise _Invalid(f"Modifier ':{modifier}' is not supported on '{code}'")
             return tuple(self.composite(sp, param, p) for p in parts)
         return tuple(self.value(sp, param, modifier, p) for p in parts)
+
+    @staticmethod
+    def full_text(code: str, raw: str) -> TextCond:
+        found = tuple(fulltext.words(values.unescape(raw)))
+        if not found:
+            raise _Invalid(f"'{code}' needs at least one word (letters or digits)")
+        return TextCond("text" if code == "_text" else "content", found)
 
     def value(self, sp: SearchParam, param: Param, modifier: str, raw: str) -> Condition:
         t = sp.type

@@ -115,6 +115,16 @@ class UriCond:
 
 
 @dataclass(frozen=True, slots=True)
+class TextCond:
+    """``_text`` (``field`` "text": the narrative) or ``_content`` ("content": every
+    string value): each of ``words`` starts some word of the field (see
+    :mod:`fhir_server.search.fulltext`)."""
+
+    field: Literal["text", "content"]
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MissingCond:
     param: Param
     missing: bool
@@ -156,6 +166,7 @@ Condition = (
     | DateCond
     | NumberCond
     | UriCond
+    | TextCond
     | MissingCond
     | CompositeCond
     | ChainCond

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_server import jsonio
-from fhir_server.storage.port import NewVersion
-from fhir_server.storage.sqlite.store import SqliteStore
+from fhir_server.storage.port import NewVersion, Store
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "data" / "r4-examples.ndjson.gz"
 STAMP = "2024-01-01T00:00:00.000000Z"
@@ -29,7 +28,7 @@ def load_examples() -> list[dict[str, Any]]:
     return out
 
 
-async def put_all(store: SqliteStore, resources: Iterable[dict[str, Any]]) -> None:
+async def put_all(store: Store, resources: Iterable[dict[str, Any]]) -> None:
     """Create (or update, if already there) each resource."""
     async with store.unit_of_work() as uow:
         for r in resources:
@@ -48,7 +47,7 @@ async def put_all(store: SqliteStore, resources: Iterable[dict[str, Any]]) -> No
             )
 
 
-async def delete(store: SqliteStore, resource_type: str, id: str) -> None:
+async def delete(store: Store, resource_type: str, id: str) -> None:
     async with store.unit_of_work() as uow:
         current = await uow.read(resource_type, id)
         assert current is not None

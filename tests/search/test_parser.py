@@ -318,7 +318,7 @@ def test_system_search_with_type() -> None:
         ("_count", "-1"),
         ("_sort", "nonsense"),
         ("code-value-quantity", "only-one-part"),
-        ("_text", "x"),
+        ("_text", "--"),  # no word
     ],
 )
 def test_strict_mode_rejects_with_the_parameter_named(name: str, value: str) -> None:

@@ -16,6 +16,11 @@ sort keys:
 ``idx_uri``           ``value``
 ====================  ==============================================================
 
+``idx_fulltext`` (FTS5, ``rowid`` = ``rid``) holds the full-text words of each resource
+(columns ``text`` and ``content``, see :mod:`fhir_server.search.fulltext`); ``_text``
+and ``_content`` are prefix queries on it. Databases from before it get the table
+empty: :func:`reindex` fills it for the existing resources.
+
 ``param`` is a 47-bit integer derived from ``(resource type, code)`` (``*`` instead of
 the type for parameters defined on Resource/DomainResource), so rows of different
 types never mix under one key and no lookup table has to be kept in step. ``grp`` ties
@@ -51,7 +56,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fhir_server.errors import bad_request
-from fhir_server.search import parser, values
+from fhir_server.search import fulltext, parser, values
 from fhir_server.search.extract import extract, extract_param
 from fhir_server.search.query import (
     ESTIMATE_CAP,
@@ -72,6 +77,7 @@ from fhir_server.search.query import (
     SearchResult,
     SortKey,
     StringCond,
+    TextCond,
     TokenCond,
     UriCond,
 )
@@ -115,6 +121,9 @@ CREATE TABLE IF NOT EXISTS idx_uri (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, value TEXT NOT NULL, grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, value, rid);
 CREATE INDEX IF NOT EXISTS idx_uri_owner ON idx_uri (rid, param);
+-- full text (_text, _content): the normalised words of a resource, rowid = rid
+CREATE VIRTUAL TABLE IF NOT EXISTS idx_fulltext USING fts5 (
+    text, content, tokenize = 'unicode61 remove_diacritics 2');
 -- current (not deleted) resources of a type in rid order: the default sort, keyset
 -- paging on rid and counting without reading the resources
 CREATE INDEX IF NOT EXISTS resource_live ON resource (type) WHERE content IS NOT NULL;
@@ -194,6 +203,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
 def delete(conn: sqlite3.Connection, rid: int) -> None:
     for table in TABLES:
         conn.execute(f"DELETE FROM {table} WHERE rid = ?", (rid,))
+    conn.execute("DELETE FROM idx_fulltext WHERE rowid = ?", (rid,))
 
 
 def write(
@@ -247,6 +257,10 @@ def write(
             "INSERT INTO idx_uri (rid, param, value, grp) VALUES (?, ?, ?, ?)",
             [(rid, k(rt, c), v, g) for c, v, g in e.uris],
         )
+    conn.execute(
+        "INSERT INTO idx_fulltext (rowid, text, content) VALUES (?, ?, ?)",
+        (rid, fulltext.text_words(resource), fulltext.content_words(resource)),
+    )
 
 
 # --------------------------------------------------------------------------- conditions
@@ -484,10 +498,21 @@ def _rid_set(cond: Condition, args: list[Any], base: str | None) -> tuple[str, b
             " AND t.type = ref.type AND t.id = ref.id",
             False,
         )
+    if isinstance(cond, TextCond):
+        args.append(_fts_query(cond))
+        return "SELECT rowid FROM idx_fulltext WHERE idx_fulltext MATCH ?", False
     if isinstance(cond, IdCond):
         raise AssertionError("IdCond has no index rows")
     table, where = _row_filter(cond, "x", args, base)
     return f"SELECT x.rid FROM {table} x WHERE {where}", False
+
+
+def _fts_query(cond: TextCond) -> str:
+    """The FTS5 query of a full-text condition: each word a prefix query on the
+    condition's column, all of them required. Words are runs of letters and digits
+    (:func:`fhir_server.search.fulltext.words`), so quoting them is enough to keep
+    them plain terms; the query is a bound value."""
+    return " AND ".join(f'{cond.field} : "{w}"*' for w in cond.words)
 
 
 def _or_sql(

@@ -1,0 +1,89 @@
+"""Full-text search: ``_text`` and ``_content`` (https://hl7.org/fhir/R4/search.html#content).
+
+What is searched
+    ``_text``: the narrative, ``text.div`` with its markup removed (tags dropped,
+    character references decoded). ``_content``: every string value of the resource,
+    at any depth (contained resources included; the narrative counted as its text, not
+    its markup). Numbers, booleans and the JSON keys are not searched.
+
+Words
+    Both texts, and the search value, are cut into *words*: maximal runs of letters
+    and digits (anything else, punctuation, ``_`` and white space included, separates
+    words), lower-cased and stripped of accents (:func:`fhir_server.search.values.
+    normalize`). A text is kept as its distinct words, in order of first appearance,
+    separated by single spaces.
+
+Matching
+    A search value matches a resource when *every* word of the value is the start of
+    some word of the searched text (case- and accent-insensitive word-prefix matching,
+    words in any order and not necessarily adjacent): ``_content=diab mell`` matches
+    "Diabetes Mellitus". Commas (OR) and repeated parameters (AND) work as for any
+    parameter. There is no phrase, boolean (``AND``/``OR``/``NOT``) or fuzzy syntax:
+    quotes and operators are separators or plain words. A value without any word is
+    invalid. No modifiers are supported.
+
+Stores
+    SQLite keeps the words in an FTS5 table, MongoDB in two string fields matched with
+    anchored regular expressions; both are written with the other index entries, so
+    resources stored before full-text indexing existed are found once rewritten (the
+    SQLite store's ``reindex`` does it).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from fhir_server.search import values
+
+_WORD = re.compile(r"[^\W_]+")
+_TAG = re.compile(r"<[^>]*>")
+# words longer than this are cut (keeps pathological values from bloating the index)
+MAX_WORD = 64
+
+
+def words(text: str) -> list[str]:
+    """The distinct normalised words of a text, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for w in _WORD.findall(values.normalize(text)):
+        seen.setdefault(w[:MAX_WORD], None)
+    return list(seen)
+
+
+def strip_markup(xhtml: str) -> str:
+    """The text of an XHTML fragment: tags replaced by spaces, references decoded."""
+    return html.unescape(_TAG.sub(" ", xhtml))
+
+
+def narrative(resource: dict[str, Any]) -> str:
+    """The resource's narrative as text (empty when it has none)."""
+    text = resource.get("text")
+    div = text.get("div") if isinstance(text, dict) else None
+    return strip_markup(div) if isinstance(div, str) else ""
+
+
+def _strings(value: Any, key: str = "") -> Iterator[str]:
+    if isinstance(value, str):
+        yield strip_markup(value) if key == "div" else value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, key)
+
+
+def text_words(resource: dict[str, Any]) -> str:
+    """The words ``_text`` searches, space-separated."""
+    return " ".join(words(narrative(resource)))
+
+
+def content_words(resource: dict[str, Any]) -> str:
+    """The words ``_content`` searches, space-separated."""
+    seen: dict[str, None] = {}
+    for s in _strings(resource):
+        for w in words(s):
+            seen.setdefault(w, None)
+    return " ".join(seen)

@@ -1,0 +1,149 @@
+"""``_text`` and ``_content``: word-prefix full-text search, on every store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from fhir_server.errors import FhirError
+from fhir_server.search import fulltext
+from fhir_server.search.parser import parse
+from fhir_server.search.query import TextCond
+from fhir_server.storage.port import Store
+from fhir_server.storage.sqlite import search_index
+from fhir_server.storage.sqlite.store import SqliteStore
+from tests.search.support import delete, put_all
+
+XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
+
+
+def narrative(html: str) -> dict[str, Any]:
+    return {"status": "generated", "div": f"<div {XHTML}>{html}</div>"}
+
+
+RESOURCES: list[dict[str, Any]] = [
+    {
+        "resourceType": "Condition",
+        "id": "c1",
+        "text": narrative("<p>Type 2 <b>Diabetes</b> mellitus &amp; Zoë&#39;s notes</p>"),
+        "subject": {"reference": "Patient/p1"},
+        "note": [{"text": "Follow-up in spring"}],
+    },
+    {
+        "resourceType": "Condition",
+        "id": "c2",
+        "text": narrative("Hypertension"),
+        "code": {"text": "Essential hypertension (disorder)"},
+        "subject": {"reference": "Patient/p1"},
+        "note": [{"text": "diabetic diet advised"}],
+    },
+    {
+        "resourceType": "Condition",
+        "id": "c3",
+        "subject": {"reference": "Patient/p2"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "display": "Asthma"}]},
+    },
+    {"resourceType": "Patient", "id": "p1", "name": [{"family": "Ångström"}]},
+    {"resourceType": "Patient", "id": "p2", "name": [{"family": "Moss"}]},
+]
+
+
+def test_words_are_normalised_letter_and_digit_runs() -> None:
+    assert fulltext.words("Type-2 DIABETES, type_2 Zoë!") == ["type", "2", "diabetes", "zoe"]
+    assert fulltext.strip_markup("<b>a</b>&amp;<i>b</i>").split() == ["a", "&", "b"]
+    r = {"resourceType": "Patient", "text": narrative("<p>Hello</p>"), "active": True}
+    assert fulltext.text_words(r) == "hello"
+    assert fulltext.content_words(r) == "patient generated hello"
+
+
+def test_parsing() -> None:
+    q = parse("Condition", [("_text", "Diab Mell,asthma"), ("_content", "zoë")])
+    assert q.clauses == (
+        (TextCond("text", ("diab", "mell")), TextCond("text", ("asthma",))),
+        (TextCond("content", ("zoe",)),),
+    )
+    lenient = parse("Condition", [("_text", "!!"), ("_content:exact", "x")])
+    assert lenient.clauses == () and lenient.ignored == ("_text", "_content:exact")
+    with pytest.raises(FhirError):
+        parse("Condition", [("_text", "  ")], strict=True)
+    # _text is defined on DomainResource only
+    with pytest.raises(FhirError):
+        parse("Bundle", [("_text", "x")], strict=True)
+
+
+@pytest.fixture
+async def loaded(each_store: Store) -> AsyncIterator[Store]:
+    await put_all(each_store, RESOURCES)
+    yield each_store
+
+
+async def found(store: Store, resource_type: str | None, *params: tuple[str, str]) -> list[str]:
+    result = await store.search(parse(resource_type, list(params), strict=True))
+    return sorted(h.id for h in result.matches)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ([("_text", "diabetes")], ["c1"]),
+        ([("_text", "DIAB")], ["c1"]),  # a word prefix, any case
+        ([("_text", "mellitus diabetes")], ["c1"]),  # every word, any order
+        ([("_text", "diabetes asthma")], []),
+        ([("_text", "zoe")], ["c1"]),  # accents ignored, entities decoded
+        ([("_text", "betes")], []),  # not inside a word
+        ([("_text", "div"), ("_text", "xhtml")], []),  # markup is not text
+        ([("_text", "spring")], []),  # only the narrative
+        ([("_text", "hypert,mell")], ["c1", "c2"]),  # comma: OR
+        ([("_text", "hypertension"), ("_text", "type")], []),  # repeated: AND
+        ([("_content", "spring")], ["c1"]),
+        ([("_content", "diab")], ["c1", "c2"]),  # narrative and note
+        ([("_content", "asthma")], ["c3"]),  # a display
+        ([("_content", "disorder essential")], ["c2"]),
+        ([("_content", "snomed")], ["c3"]),  # a uri is a string value too
+        ([("_content", "p2")], ["c3"]),
+        ([("_content", "diab"), ("subject", "Patient/p1")], ["c1", "c2"]),
+    ],
+)
+async def test_condition_searches(
+    loaded: Store, params: list[tuple[str, str]], expected: list[str]
+) -> None:
+    assert await found(loaded, "Condition", *params) == expected
+
+
+async def test_system_search_chains_and_has(loaded: Store) -> None:
+    assert await found(loaded, None, ("_content", "angstrom")) == ["p1"]
+    assert await found(loaded, "Condition", ("subject:Patient._content", "angs")) == ["c1", "c2"]
+    assert await found(loaded, "Patient", ("_has:Condition:subject:_text", "asthma,hyper")) == [
+        "p1"
+    ]
+
+
+async def test_updates_and_deletes_keep_the_text_current(loaded: Store) -> None:
+    changed = {**RESOURCES[0], "text": narrative("Prediabetes")}
+    await put_all(loaded, [changed])
+    assert await found(loaded, "Condition", ("_text", "diabetes")) == []
+    assert await found(loaded, "Condition", ("_text", "prediab")) == ["c1"]
+    await delete(loaded, "Condition", "c1")
+    assert await found(loaded, "Condition", ("_content", "spring,prediab")) == []
+    assert await found(loaded, "Condition", ("_content", "diab")) == ["c2"]
+
+
+async def test_hostile_words_are_plain_terms(loaded: Store) -> None:
+    for value in ('" OR *', "NEAR(a b)", "content : x", "text:*", ".*", "(?i)a|b", "^$"):
+        result = await loaded.search(parse("Condition", [("_content", value)]))
+        assert all(h.id in {"c1", "c2", "c3"} for h in result.matches)
+    assert await found(loaded, "Condition", ("_content", '"NEAR" OR asthma')) == []
+    assert await found(loaded, "Condition", ("_content", "a*")) == ["c2", "c3"]
+
+
+async def test_sqlite_reindex_fills_the_full_text_of_older_rows(store: SqliteStore) -> None:
+    await put_all(store, RESOURCES)
+    conn = store.writer
+    conn.execute("DELETE FROM idx_fulltext")  # as a database from before full text
+    assert await found(store, "Condition", ("_content", "diab")) == []
+    rows = conn.execute("SELECT rid, type, content FROM resource WHERE content IS NOT NULL")
+    search_index.reindex(conn, rows.fetchall())
+    conn.commit()
+    assert await found(store, "Condition", ("_content", "diab")) == ["c1", "c2"]

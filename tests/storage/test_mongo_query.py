@@ -96,6 +96,23 @@ async def test_string() -> None:
     }
 
 
+async def test_full_text_is_an_anchored_regex_per_word() -> None:
+    assert clause(await translate("Patient", ("_text", "Diab"))) == {
+        "x_text": {"$regex": "(?:^| )diab"}
+    }
+    assert clause(await translate("Patient", ("_content", "Zoë mell.*,x"))) == {
+        "$or": [
+            {
+                "$and": [
+                    {"x_content": {"$regex": "(?:^| )zoe"}},
+                    {"x_content": {"$regex": "(?:^| )mell"}},
+                ]
+            },
+            {"x_content": {"$regex": "(?:^| )x"}},
+        ]
+    }
+
+
 async def test_token() -> None:
     assert clause(await translate("Patient", ("gender", "male"))) == {
         "x_tok": {"$elemMatch": {"p": P_GENDER, "c": "male"}}
@@ -522,5 +539,7 @@ def test_index_fields_of_a_resource() -> None:
     assert ref in fields["x_ref"]
     groups = fields["x_cmp"]
     assert groups and all({"g", "e"} == set(g) for g in groups)
+    assert fields["x_text"] == ""
+    assert fields["x_content"] == "observation o final http l 1 patient p 2"
     # component entries live only in their groups
     assert not any("#" in e["p"] for f in ("x_tok", "x_qty") for e in fields[f])

@@ -19,6 +19,11 @@ array       type         entry fields
                          composite value (each shaped as above, with its ``p``)
 ==========  ===========  ==========================================================
 
+Full text (``_text``, ``_content``, see :mod:`fhir_server.search.fulltext`) is kept in
+two strings, ``x_text`` (the narrative's words) and ``x_content`` (the words of every
+string value), each the distinct normalised words separated by single spaces, matched
+with a regular expression anchored at a word start (no ``$text`` index needed).
+
 Absent optional values are stored as explicit ``None`` so that ``{"s": None}`` means
 "no system". ``p`` is ``"<scope>|<code>"``: the resource type (or ``*`` for the
 parameters defined on Resource/DomainResource, shared by every type) and the index
@@ -33,9 +38,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_server.search.extract import extract
+from fhir_server.search import fulltext, model
+from fhir_server.search.extract import IndexEntries, extract, extract_param
 from fhir_server.search.query import Param
-from fhir_server.search.registry import Registry, default_registry
+from fhir_server.search.registry import Registry, SearchParam, default_registry
 
 Document = dict[str, Any]
 
@@ -50,6 +56,8 @@ FIELD_OF_TYPE: dict[str, str] = {
 }
 COMPOSITE_FIELD = "x_cmp"
 INDEX_FIELDS: tuple[str, ...] = (*FIELD_OF_TYPE.values(), COMPOSITE_FIELD)
+# full-text fields by TextCond.field
+TEXT_FIELDS: dict[str, str] = {"text": "x_text", "content": "x_content"}
 
 # (name, [(field, direction)...]) of the current-version collection; all idempotent.
 INDEXES: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
@@ -104,8 +112,16 @@ def keys(param: Param) -> list[str]:
 
 
 def index_fields(resource_type: str, resource: dict[str, Any]) -> Document:
-    """The index arrays of a resource (every field of :data:`INDEX_FIELDS`)."""
-    e = extract(resource, registry())
+    """The index arrays of a resource (every field of :data:`INDEX_FIELDS`) and its
+    full-text strings (:data:`TEXT_FIELDS`)."""
+    out = _fields(resource_type, extract(resource, registry()))
+    out[TEXT_FIELDS["text"]] = fulltext.text_words(resource)
+    out[TEXT_FIELDS["content"]] = fulltext.content_words(resource)
+    return out
+
+
+def _fields(resource_type: str, e: IndexEntries, first_group: int = 1) -> Document:
+    """Index arrays of extracted entries; composite groups numbered from ``first_group``."""
     rt = resource_type
     out: Document = {f: [] for f in INDEX_FIELDS}
     groups: dict[int, list[Document]] = {}
@@ -114,7 +130,7 @@ def index_fields(resource_type: str, resource: dict[str, Any]) -> Document:
         if grp is None:
             out[field].append(entry)
         else:
-            groups.setdefault(grp, []).append(entry)
+            groups.setdefault(grp + first_group - 1, []).append(entry)
 
     for c, v, x, g in sorted(e.strings, key=repr):
         put("x_str", g, {"p": key(rt, c), "v": v, "x": x})
@@ -138,5 +154,55 @@ def index_fields(resource_type: str, resource: dict[str, Any]) -> Document:
     return out
 
 
+def _codes(param: SearchParam) -> list[str]:
+    """The index codes a parameter's entries are written under."""
+    if param.type == "composite":
+        return [f"{param.code}#{i}" for i in range(len(param.components))]
+    return [param.code, f"{param.code}:of-type"]
+
+
+def param_types(param: SearchParam) -> list[str]:
+    """The resource types whose documents hold entries of ``param``."""
+    if "Resource" in param.base:
+        return sorted(model.RESOURCE_TYPES)
+    if "DomainResource" in param.base:
+        return sorted(model.DOMAIN_RESOURCE_TYPES)
+    return sorted(set(param.base))
+
+
+def stale_keys(resource_type: str, param: SearchParam, old: SearchParam | None) -> set[str]:
+    """The ``p`` of the entries that a (re)defined parameter replaces in the documents of
+    ``resource_type``: its own keys, and every key of the definition it replaces."""
+    out = {key(resource_type, c) for c in _codes(param)}
+    if old is not None:
+        out |= {f"{scope}|{c}" for c in _codes(old) for scope in ("*", resource_type)}
+    return out
+
+
+def with_param_reindexed(
+    doc: Document, resource_type: str, resource: dict[str, Any], param: SearchParam, stale: set[str]
+) -> Document:
+    """The index arrays of ``doc`` with the entries under ``stale`` keys replaced by the
+    entries of ``param`` extracted from ``resource`` (the document's content)."""
+    fresh = _fields(
+        resource_type,
+        extract_param(resource, param.code, registry()),
+        first_group=1 + max((int(g["g"]) for g in doc.get(COMPOSITE_FIELD) or []), default=0),
+    )
+    out: Document = {}
+    for f in FIELD_OF_TYPE.values():
+        kept = [e for e in doc.get(f) or [] if e.get("p") not in stale]
+        out[f] = kept + fresh[f]
+    groups = [
+        g
+        for g in doc.get(COMPOSITE_FIELD) or []
+        if not any(e.get("p") in stale for e in g.get("e") or [])
+    ]
+    out[COMPOSITE_FIELD] = groups + fresh[COMPOSITE_FIELD]
+    return out
+
+
 def empty_index_fields() -> Document:
-    return {f: [] for f in INDEX_FIELDS}
+    out: Document = {f: [] for f in INDEX_FIELDS}
+    out.update({f: "" for f in TEXT_FIELDS.values()})
+    return out

@@ -10,6 +10,8 @@ aggregation stages; the store (:mod:`fhir_server.storage.mongodb.store`) runs th
 - ``:not`` and ``:missing=true`` are ``$nor`` of the positive condition.
 - Composite values: one ``$elemMatch`` on ``x_cmp`` whose group holds an entry matching
   each component.
+- ``_text``/``_content``: a regular expression per word on ``x_text``/``x_content``,
+  anchored at a word start (the words are runs of letters and digits, escaped anyway).
 - Chains and ``_has`` are two-step: the inner query runs first (through the
   :data:`Resolver` the store passes in, on the same session) and its result becomes a
   literal list in the outer filter (the target ids for a chain, the referenced
@@ -53,12 +55,14 @@ from fhir_server.search.query import (
     SearchQuery,
     SortKey,
     StringCond,
+    TextCond,
     TokenCond,
     UriCond,
 )
 from fhir_server.storage.mongodb.index import (
     COMPOSITE_FIELD,
     FIELD_OF_TYPE,
+    TEXT_FIELDS,
     Document,
     keys,
 )
@@ -270,6 +274,12 @@ def entry_match(cond: Condition, base: str | None) -> tuple[str, list[Document]]
     raise bad_request(f"unsupported condition {type(cond).__name__}")
 
 
+def full_text(cond: TextCond) -> Document:
+    """Every word of the condition starts a word of the full-text field."""
+    field = TEXT_FIELDS[cond.field]
+    return _all([{field: {"$regex": f"(?:^| ){re.escape(lit(w))}"}} for w in cond.words])
+
+
 # --------------------------------------------------------------------------- filters
 
 
@@ -308,6 +318,8 @@ class Translator:
                     for combo in itertools.product(*choices)
                 ]
             )
+        if isinstance(cond, TextCond):
+            return full_text(cond)
         if isinstance(cond, ChainCond):
             return await self._chain(cond)
         if isinstance(cond, HasCond):

@@ -12,6 +12,11 @@ Collections (in the database named by the URL's path, ``fhir`` by default):
   no two writers can both create the same version.
 - ``counters``: the node numbers of the processes (see :meth:`MongoStore.next_seq`).
 
+Custom search parameters (as in the SQLite store): storing a SearchParameter adds it to
+the registry in use and, in the same unit of work, rewrites that parameter's index
+entries of the current resources of its base types; :meth:`MongoStore.open` adds the
+stored SearchParameters to the registry again.
+
 Units of work are MongoDB multi-document transactions (snapshot read concern, majority
 write concern, on the primary), hence the replica set requirement, checked at
 :meth:`MongoStore.open`. Writes outside transactions use retryable writes.
@@ -33,16 +38,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
+from fhir_server import jsonio
 from fhir_server.search import parser
 from fhir_server.search.query import ESTIMATE_CAP, Hit, SearchQuery, SearchResult
 from fhir_server.storage.mongodb import query as mq
 from fhir_server.storage.mongodb.index import (
+    INDEX_FIELDS,
     INDEXES,
     Document,
     empty_index_fields,
     index_fields,
+    param_types,
     registry,
+    stale_keys,
+    with_param_reindexed,
 )
 from fhir_server.storage.port import (
     HistoryPage,
@@ -121,6 +132,10 @@ class _MongoUnitOfWork:
         store, s = self._store, self._session
         key = f"{version.resource_type}/{version.id}"
         expected = version.version - 1
+        if version.resource_type == "SearchParameter" and version.resource is not None:
+            # a custom search parameter becomes searchable, existing data indexed for it
+            # (before this version's own index entries are extracted, as in SQLite)
+            await self._register_search_parameter(version.resource)
         try:
             current = await store.resources.find_one({"_id": key}, {"v": 1}, session=s)
             found = current["v"] if current else None
@@ -175,6 +190,29 @@ class _MongoUnitOfWork:
             version.method,
             version.content,
         )
+
+    async def _register_search_parameter(self, resource: dict[str, Any]) -> None:
+        """Add a SearchParameter to the registry in use and index the current resources
+        of its base types for it, in this unit of work (only its entries are rewritten).
+        Invalid definitions raise a 400 ``FhirError`` before anything is written."""
+        reg = registry()
+        old = reg.by_url(str(resource.get("url") or ""))
+        param = reg.add(resource)
+        if not param.indexable:
+            return
+        projection: Document = {"c": 1, **{f: 1 for f in INDEX_FIELDS}}
+        for t in param_types(param):
+            if reg.get(t, param.code) is not param:
+                continue  # a parameter of the type itself has that code
+            stale = stale_keys(t, param, old)
+            cursor = self._store.resources.find(
+                {"t": t, "live": True}, projection, session=self._session
+            )
+            async for doc in cursor:
+                fields = with_param_reindexed(doc, t, jsonio.loads(bytes(doc["c"])), param, stale)
+                await self._store.resources.update_one(
+                    {"_id": doc["_id"]}, {"$set": fields}, session=self._session
+                )
 
     async def search(
         self,
@@ -236,6 +274,11 @@ class MongoStore:
             raise
         self._client, self._db = client, db
         self._node = await self._claim_node()
+        # custom SearchParameters stored earlier are known again (their documents exist)
+        reg = registry()
+        cursor = db.resources.find({"t": "SearchParameter", "live": True}, {"_id": 0, "c": 1})
+        async for doc in cursor:
+            reg.add(jsonio.loads(bytes(doc["c"])))
 
     async def _claim_node(self) -> int:
         """This process's node number: a counter taken at each open (distinct for any

@@ -2,8 +2,11 @@
 
 Tables (one row per index entry, see :mod:`fhir_server.search.extract`), each with an
 index leading with ``(param, value...)`` and ending with ``rid`` so that lookups are
-covered, plus an index on ``(rid, param)`` for rewriting a resource's rows and for
-sort keys:
+covered. A resource's rows in a table are found by rowid, not by an index: row ``i`` of
+resource ``rid`` has rowid ``rid * SPAN + i`` (:data:`SPAN` = 2**20), so rewriting a
+resource's rows, sort keys, composite joins and includes read one rowid range. That
+saves a third B-tree per table (an ``(rid, param)`` index) on every write, which was
+about a third of the cost of indexing a resource:
 
 ====================  ==============================================================
 ``idx_string``        ``value`` (normalised), ``exact``
@@ -18,8 +21,11 @@ sort keys:
 
 ``idx_fulltext`` (FTS5, ``rowid`` = ``rid``) holds the full-text words of each resource
 (columns ``text`` and ``content``, see :mod:`fhir_server.search.fulltext`); ``_text``
-and ``_content`` are prefix queries on it. Databases from before it get the table
-empty: :func:`reindex` fills it for the existing resources.
+and ``_content`` are prefix queries on it.
+
+The layout is versioned with ``PRAGMA user_version`` (:data:`LAYOUT`); opening a
+database of an older layout rebuilds the index tables from the stored resources
+(:func:`create_schema`), in one transaction.
 
 ``param`` is a 47-bit integer derived from ``(resource type, code)`` (``*`` instead of
 the type for parameters defined on Resource/DomainResource), so rows of different
@@ -34,7 +40,7 @@ When such a clause exists the type test is written ``+r.type`` so that SQLite dr
 the search from an index set (looking resources up by rowid) instead of walking every
 resource of the type; chains and ``_has`` are written as CROSS JOINs from the matching
 targets/sources to the references, which fixes that order. Sort keys are correlated
-subqueries pinned to the ``(rid, param)`` indexes. Every value is a bound parameter;
+subqueries on the resource's rowid range. Every value is a bound parameter;
 nothing from the request is ever formatted into SQL text (table and column names come
 from fixed tables in this module).
 
@@ -55,9 +61,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fhir_server.errors import bad_request
+from fhir_server.errors import FhirError, bad_request
 from fhir_server.search import fulltext, parser, values
-from fhir_server.search.extract import extract, extract_param
+from fhir_server.search.extract import IndexEntries, extract, extract_param
 from fhir_server.search.query import (
     ESTIMATE_CAP,
     ChainCond,
@@ -88,39 +94,32 @@ CREATE TABLE IF NOT EXISTS idx_string (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, value TEXT NOT NULL, exact TEXT NOT NULL,
     grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_string_value ON idx_string (param, value, rid);
-CREATE INDEX IF NOT EXISTS idx_string_owner ON idx_string (rid, param);
 CREATE TABLE IF NOT EXISTS idx_token (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, system TEXT, code TEXT, text TEXT,
     grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (param, code, system, rid);
-CREATE INDEX IF NOT EXISTS idx_token_owner ON idx_token (rid, param);
 CREATE TABLE IF NOT EXISTS idx_ref (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, type TEXT, id TEXT, version TEXT,
     url TEXT, id_system TEXT, id_value TEXT, grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_ref_target ON idx_ref (param, id, type, rid);
 CREATE INDEX IF NOT EXISTS idx_ref_url ON idx_ref (param, url, rid);
 CREATE INDEX IF NOT EXISTS idx_ref_identifier ON idx_ref (param, id_value, rid);
-CREATE INDEX IF NOT EXISTS idx_ref_owner ON idx_ref (rid, param);
 CREATE TABLE IF NOT EXISTS idx_date (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
     grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_date_lo ON idx_date (param, lo, hi, rid);
 CREATE INDEX IF NOT EXISTS idx_date_hi ON idx_date (param, hi, lo, rid);
-CREATE INDEX IF NOT EXISTS idx_date_owner ON idx_date (rid, param);
 CREATE TABLE IF NOT EXISTS idx_number (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
     grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_number_lo ON idx_number (param, lo, hi, rid);
-CREATE INDEX IF NOT EXISTS idx_number_owner ON idx_number (rid, param);
 CREATE TABLE IF NOT EXISTS idx_quantity (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
     system TEXT, code TEXT, unit TEXT, grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_quantity_lo ON idx_quantity (param, lo, hi, rid);
-CREATE INDEX IF NOT EXISTS idx_quantity_owner ON idx_quantity (rid, param);
 CREATE TABLE IF NOT EXISTS idx_uri (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, value TEXT NOT NULL, grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, value, rid);
-CREATE INDEX IF NOT EXISTS idx_uri_owner ON idx_uri (rid, param);
 -- full text (_text, _content): the normalised words of a resource, rowid = rid
 CREATE VIRTUAL TABLE IF NOT EXISTS idx_fulltext USING fts5 (
     text, content, tokenize = 'unicode61 remove_diacritics 2');
@@ -196,14 +195,69 @@ def _in(column: str, items: Sequence[Any], args: list[Any]) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)
+# Version of the index layout, kept in ``PRAGMA user_version``. 2: rows addressed by
+# rowid range (no ``(rid, param)`` indexes).
+LAYOUT = 2
+SPAN = 1 << 20  # rowids per resource and table: row i of resource rid is rid * SPAN + i
+
+
+def owned(alias: str, rid: str) -> str:
+    """SQL: the rows of ``alias`` that belong to the resource whose rid is the SQL
+    expression ``rid`` (a column reference; never request input). The table is written
+    ``NOT INDEXED`` where this is used, which leaves SQLite the rowid range only: with no
+    statistics it would otherwise prefer a ``(param, ...)`` index and read every row of
+    the parameter for each resource."""
+    return f"{alias}.rowid BETWEEN {rid} * {SPAN} AND {rid} * {SPAN} + {SPAN - 1}"
+
+
+def create_schema(conn: sqlite3.Connection) -> int:
+    """Create the index tables, or rebuild them when the database has an older layout.
+    Returns the number of resources re-indexed (0 unless a rebuild happened)."""
+    (layout,) = conn.execute("PRAGMA user_version").fetchone()
+    existing = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'idx_string'"
+    ).fetchone()
+    if layout == LAYOUT or existing is None:
+        conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version = {LAYOUT}")
+        return 0
+    if layout > LAYOUT:
+        raise RuntimeError(
+            f"the database's index layout {layout} is newer than this server's ({LAYOUT})"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table in (*TABLES, "idx_fulltext"):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        rows = conn.execute(
+            "SELECT rid, type, content FROM resource WHERE content IS NOT NULL"
+        ).fetchall()
+        n = reindex(conn, rows, fresh=True)
+        conn.execute(f"PRAGMA user_version = {LAYOUT}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return n
 
 
 def delete(conn: sqlite3.Connection, rid: int) -> None:
+    lo = rid * SPAN
     for table in TABLES:
-        conn.execute(f"DELETE FROM {table} WHERE rid = ?", (rid,))
+        conn.execute(f"DELETE FROM {table} WHERE rowid BETWEEN ? AND ?", (lo, lo + SPAN - 1))
     conn.execute("DELETE FROM idx_fulltext WHERE rowid = ?", (rid,))
+
+
+def _check_span(count: int) -> None:
+    if count > SPAN:
+        raise FhirError.of(
+            422,
+            "too-costly",
+            f"The resource has more than {SPAN} index values of one kind; it cannot be indexed",
+        )
 
 
 def write(
@@ -218,49 +272,33 @@ def write(
     if not fresh:
         delete(conn, rid)
     e = extract(resource, registry())
-    k = _key
-    rt = resource_type
-    if e.strings:
-        conn.executemany(
-            "INSERT INTO idx_string (rid, param, value, exact, grp) VALUES (?, ?, ?, ?, ?)",
-            [(rid, k(rt, c), v, x, g) for c, v, x, g in e.strings],
-        )
-    if e.tokens:
-        conn.executemany(
-            "INSERT INTO idx_token (rid, param, system, code, text, grp) VALUES (?, ?, ?, ?, ?, ?)",
-            [(rid, k(rt, c), s, v, t, g) for c, s, v, t, g in e.tokens],
-        )
-    if e.refs:
-        conn.executemany(
-            "INSERT INTO idx_ref (rid, param, type, id, version, url, id_system, id_value, grp)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(rid, k(rt, c), *rest) for c, *rest in e.refs],
-        )
-    if e.dates:
-        conn.executemany(
-            "INSERT INTO idx_date (rid, param, lo, hi, grp) VALUES (?, ?, ?, ?, ?)",
-            [(rid, k(rt, c), lo, hi, g) for c, lo, hi, g in e.dates],
-        )
-    if e.numbers:
-        conn.executemany(
-            "INSERT INTO idx_number (rid, param, lo, hi, grp) VALUES (?, ?, ?, ?, ?)",
-            [(rid, k(rt, c), lo, hi, g) for c, lo, hi, g in e.numbers],
-        )
-    if e.quantities:
-        conn.executemany(
-            "INSERT INTO idx_quantity (rid, param, lo, hi, system, code, unit, grp)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(rid, k(rt, c), *rest) for c, *rest in e.quantities],
-        )
-    if e.uris:
-        conn.executemany(
-            "INSERT INTO idx_uri (rid, param, value, grp) VALUES (?, ?, ?, ?)",
-            [(rid, k(rt, c), v, g) for c, v, g in e.uris],
-        )
+    _insert(conn, resource_type, rid, e)
     conn.execute(
         "INSERT INTO idx_fulltext (rowid, text, content) VALUES (?, ?, ?)",
         (rid, fulltext.text_words(resource), fulltext.content_words(resource)),
     )
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    resource_type: str,
+    rid: int,
+    entries: IndexEntries,
+    first: dict[str, int] | None = None,
+) -> None:
+    """Insert the index rows of one resource's ``entries``, each table's numbered from
+    ``first[table]`` (default 0) within the resource's rowid range."""
+    k = _key
+    for table, (field, columns, marks) in _INSERTS.items():
+        values = getattr(entries, field)
+        if not values:
+            continue
+        base = rid * SPAN + (first or {}).get(table, 0)
+        _check_span(base - rid * SPAN + len(values))
+        conn.executemany(
+            f"INSERT INTO {table} (rowid, rid, param, {columns}) VALUES ({marks})",
+            [(base + i, rid, k(resource_type, c), *rest) for i, (c, *rest) in enumerate(values)],
+        )
 
 
 # --------------------------------------------------------------------------- conditions
@@ -468,7 +506,7 @@ def _rid_set(cond: Condition, args: list[Any], base: str | None) -> tuple[str, b
         sql = f"SELECT c0.rid FROM {first_table} c0"
         wheres = [first_where]
         for i, (table, where) in enumerate(parts[1:], 1):
-            sql += f" JOIN {table} c{i} ON c{i}.rid = c0.rid AND c{i}.grp = c0.grp"
+            sql += f" JOIN {table} c{i} NOT INDEXED ON {owned(f'c{i}', 'c0.rid')} AND c{i}.grp = c0.grp"
             wheres.append(where)
         return sql + " WHERE " + " AND ".join(wheres), False
     if isinstance(cond, ChainCond):
@@ -492,9 +530,9 @@ def _rid_set(cond: Condition, args: list[Any], base: str | None) -> tuple[str, b
         where = _in("ref.param", _keys(cond.ref), args)
         local = _local("ref", base, args)
         return (
-            "SELECT t.rid FROM resource s CROSS JOIN idx_ref ref CROSS JOIN resource t"
+            "SELECT t.rid FROM resource s CROSS JOIN idx_ref ref NOT INDEXED CROSS JOIN resource t"
             f" WHERE {inner} AND {source} AND s.content IS NOT NULL"
-            f" AND ref.rid = s.rid AND {where} AND {local}"
+            f" AND {owned('ref', 's.rid')} AND {where} AND {local}"
             " AND t.type = ref.type AND t.id = ref.id",
             False,
         )
@@ -600,9 +638,7 @@ def _probes(query: SearchQuery, est: dict[int, int] | None, walk: bool) -> set[i
 
 def _exists(cond: Condition, args: list[Any], base: str | None) -> str:
     table, where = _row_filter(cond, "x", args, base)
-    return (
-        f"EXISTS (SELECT 1 FROM {table} x INDEXED BY {table}_owner WHERE x.rid = r.rid AND {where})"
-    )
+    return f"EXISTS (SELECT 1 FROM {table} x NOT INDEXED WHERE {owned('x', 'r.rid')} AND {where})"
 
 
 def _where(
@@ -656,7 +692,7 @@ def _sort_expr(key: SortKey, args: list[Any]) -> str:
     if column is None or table is None:
         raise bad_request(f"Cannot sort on '{p.code}'")
     where = _in("s.param", _keys(p), args)
-    return f"(SELECT {agg}({column}) FROM {table} s INDEXED BY {table}_owner WHERE s.rid = r.rid AND {where})"
+    return f"(SELECT {agg}({column}) FROM {table} s NOT INDEXED WHERE {owned('s', 'r.rid')} AND {where})"
 
 
 def _encode_cursor(direction: str, keys: Sequence[Any], rid: int) -> str:
@@ -766,11 +802,13 @@ def _include_sql(
         rids = [rid for rid, rtype, _ in frontier if inc.source_type in ("*", rtype)]
         if not rids:
             return None
+        # the sources' rows by rowid range, from a literal table of their rids
+        args.extend(rids)
         sql = (
-            "SELECT DISTINCT t.rid, t.type, t.id, t.content FROM idx_ref ref"
+            f"WITH src(rid) AS (VALUES {', '.join('(?)' for _ in rids)})"
+            " SELECT DISTINCT t.rid, t.type, t.id, t.content FROM src CROSS JOIN idx_ref ref NOT INDEXED"
             " JOIN resource t ON t.type = ref.type AND t.id = ref.id"
-            " WHERE "
-            + _in("ref.rid", rids, args)
+            f" WHERE {owned('ref', 'src.rid')}"
             + " AND "
             + _local("ref", base, args)
             + " AND t.content IS NOT NULL"
@@ -954,13 +992,16 @@ def explain_all(conn: sqlite3.Connection, query: SearchQuery) -> dict[str, list[
     return out
 
 
-def reindex(conn: sqlite3.Connection, rows: Iterable[tuple[int, str, bytes]]) -> int:
-    """Rewrite the index rows of the given (rid, type, content) (after a registry change)."""
+def reindex(
+    conn: sqlite3.Connection, rows: Iterable[tuple[int, str, bytes]], *, fresh: bool = False
+) -> int:
+    """Rewrite the index rows of the given (rid, type, content) (after a registry change;
+    ``fresh``: they have no rows yet)."""
     from fhir_server import jsonio
 
     n = 0
     for rid, rtype, content in rows:
-        write(conn, rid, rtype, jsonio.loads(content))
+        write(conn, rid, rtype, jsonio.loads(content), fresh=fresh)
         n += 1
     return n
 
@@ -973,6 +1014,11 @@ _ROW_COLUMNS = {
     "idx_number": ("numbers", "lo, hi, grp"),
     "idx_quantity": ("quantities", "lo, hi, system, code, unit, grp"),
     "idx_uri": ("uris", "value, grp"),
+}
+# table -> (IndexEntries field, value columns, placeholders of rowid, rid, param, values)
+_INSERTS = {
+    table: (field, columns, ", ".join("?" * (3 + columns.count(",") + 1)))
+    for table, (field, columns) in _ROW_COLUMNS.items()
 }
 
 
@@ -1027,19 +1073,18 @@ def register_search_parameter(
             "SELECT rid, content FROM resource WHERE type = ? AND content IS NOT NULL", (t,)
         )
         while rows := cursor.fetchmany(batch):
-            pending: dict[str, list[tuple[Any, ...]]] = {table: [] for table in tables}
             for rid, content in rows:
                 entries = extract_param(jsonio.loads(content), param.code, reg)
+                first: dict[str, int] = {}
                 for table in tables:
-                    field, _ = _ROW_COLUMNS[table]
-                    for row in getattr(entries, field):
-                        pending[table].append((rid, _key(t, row[0]), *row[1:]))
+                    if getattr(entries, _ROW_COLUMNS[table][0]):
+                        # after the resource's rows that are left
+                        lo = rid * SPAN
+                        (last,) = conn.execute(
+                            f"SELECT max(rowid) FROM {table} WHERE rowid BETWEEN ? AND ?",
+                            (lo, lo + SPAN - 1),
+                        ).fetchone()
+                        first[table] = 0 if last is None else last - lo + 1
+                _insert(conn, t, rid, entries, first)
                 n += 1
-            for table, items in pending.items():
-                if items:
-                    columns = _ROW_COLUMNS[table][1]
-                    marks = ", ".join("?" * (len(items[0])))
-                    conn.executemany(
-                        f"INSERT INTO {table} (rid, param, {columns}) VALUES ({marks})", items
-                    )
     return param, n

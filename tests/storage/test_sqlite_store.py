@@ -1,0 +1,134 @@
+"""SQLite-specific behaviour: the index layout (rows addressed by rowid range, and the
+rebuild of a database written with an older layout) and the background checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from fhir_server import jsonio
+from fhir_server.errors import FhirError
+from fhir_server.search.parser import parse
+from fhir_server.storage.port import NewVersion
+from fhir_server.storage.sqlite import search_index
+from fhir_server.storage.sqlite.store import SqliteStore
+
+
+def _patient(i: int) -> dict[str, object]:
+    return {
+        "resourceType": "Patient",
+        "id": f"p{i}",
+        "name": [{"family": f"Layout{i}"}],
+        "gender": "female" if i % 2 else "male",
+    }
+
+
+async def _fill(store: SqliteStore, n: int) -> None:
+    async with store.unit_of_work() as uow:
+        for i in range(n):
+            r = _patient(i)
+            content = jsonio.dumps(r)
+            await uow.put(
+                NewVersion("Patient", f"p{i}", 1, "2024-01-01T00:00:00Z", "create", content, r)
+            )
+
+
+async def _ids(store: SqliteStore, params: list[tuple[str, str]]) -> list[str]:
+    result = await store.search(parse("Patient", params, strict=True))
+    return sorted(h.id for h in result.matches)
+
+
+async def test_rows_live_in_the_rowid_range_of_their_resource(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "a.sqlite"))
+    await store.open()
+    try:
+        await _fill(store, 3)
+        rows = store.reader.execute("SELECT rowid, rid FROM idx_string").fetchall()
+        assert rows
+        for rowid, rid in rows:
+            assert rid * search_index.SPAN <= rowid < (rid + 1) * search_index.SPAN
+        indexes = {r[0] for r in store.reader.execute("SELECT name FROM sqlite_master")}
+        assert not any(name.endswith("_owner") for name in indexes)
+    finally:
+        await store.close()
+
+
+async def test_an_older_layout_is_rebuilt_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    store = SqliteStore(str(path))
+    await store.open()
+    await _fill(store, 4)
+    await store.close()
+    # an older database: other layout version, rows the new code cannot address
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA user_version = 1")
+    for table in search_index.TABLES:
+        conn.execute(f"UPDATE {table} SET rowid = -rowid")
+    conn.execute("CREATE INDEX idx_string_owner ON idx_string (rid, param)")
+    conn.close()
+
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        assert store.reader.execute("PRAGMA user_version").fetchone()[0] == search_index.LAYOUT
+        stale = "SELECT count(*) FROM idx_string WHERE rowid < 0"
+        assert store.reader.execute(stale).fetchone()[0] == 0
+        assert await _ids(store, [("family", "Layout2")]) == ["p2"]
+        assert await _ids(store, [("gender", "female")]) == ["p1", "p3"]
+        assert await _ids(store, [("_sort", "family"), ("_count", "2")]) == ["p0", "p1"]
+        # an update replaces the rebuilt rows rather than adding to them
+        async with store.unit_of_work() as uow:
+            r = _patient(2) | {"name": [{"family": "Renamed"}]}
+            await uow.put(
+                NewVersion("Patient", "p2", 2, "2024-01-02T00:00:00Z", "update", jsonio.dumps(r), r)
+            )
+        assert await _ids(store, [("family", "Layout2")]) == []
+        assert await _ids(store, [("family", "Renamed")]) == ["p2"]
+    finally:
+        await store.close()
+
+
+async def test_a_newer_layout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    store = SqliteStore(str(path))
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {search_index.LAYOUT + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this server"):
+        await SqliteStore(str(path)).open()
+
+
+def test_too_many_rows_for_one_resource_is_a_422() -> None:
+    search_index._check_span(search_index.SPAN)
+    with pytest.raises(FhirError) as err:
+        search_index._check_span(search_index.SPAN + 1)
+    assert err.value.status == 422
+
+
+async def test_checkpoints_run_in_the_background_and_stop_with_the_store(tmp_path: Path) -> None:
+    def checkpointers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "sqlite-checkpoint"}
+
+    others = checkpointers()  # of stores other tests keep open
+    path = tmp_path / "ckpt.sqlite"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        before = path.stat().st_size
+        await _fill(store, 200)  # far below the writer's own autocheckpoint threshold
+        assert path.stat().st_size == before  # committed pages are in the WAL only
+        for _ in range(100):
+            if path.stat().st_size > before:
+                break
+            await asyncio.sleep(0.05)
+        assert path.stat().st_size > before, "no background checkpoint copied the WAL"
+        assert len(checkpointers() - others) == 1
+    finally:
+        await store.close()
+    assert checkpointers() <= others

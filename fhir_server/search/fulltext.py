@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from fhir_server.search import values
@@ -46,10 +45,10 @@ MAX_WORD = 64
 
 def words(text: str) -> list[str]:
     """The distinct normalised words of a text, in order of first appearance."""
-    seen: dict[str, None] = {}
-    for w in _WORD.findall(values.normalize(text)):
-        seen.setdefault(w[:MAX_WORD], None)
-    return list(seen)
+    found = dict.fromkeys(_WORD.findall(values.normalize(text)))
+    if any(len(w) > MAX_WORD for w in found):
+        return list(dict.fromkeys(w[:MAX_WORD] for w in found))
+    return list(found)
 
 
 def strip_markup(xhtml: str) -> str:
@@ -64,15 +63,19 @@ def narrative(resource: dict[str, Any]) -> str:
     return strip_markup(div) if isinstance(div, str) else ""
 
 
-def _strings(value: Any, key: str = "") -> Iterator[str]:
+def _strings(value: Any, out: list[str], key: str = "") -> None:
+    """Append every string value under ``value`` to ``out`` (narrative markup stripped)."""
     if isinstance(value, str):
-        yield strip_markup(value) if key == "div" else value
+        out.append(strip_markup(value) if key == "div" else value)
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _strings(v, k)
+            if isinstance(v, str):
+                out.append(strip_markup(v) if k == "div" else v)
+            elif isinstance(v, (dict, list)):
+                _strings(v, out, k)
     elif isinstance(value, list):
         for v in value:
-            yield from _strings(v, key)
+            _strings(v, out, key)
 
 
 def text_words(resource: dict[str, Any]) -> str:
@@ -82,8 +85,8 @@ def text_words(resource: dict[str, Any]) -> str:
 
 def content_words(resource: dict[str, Any]) -> str:
     """The words ``_content`` searches, space-separated."""
-    seen: dict[str, None] = {}
-    for s in _strings(resource):
-        for w in words(s):
-            seen.setdefault(w, None)
-    return " ".join(seen)
+    strings: list[str] = []
+    _strings(resource, strings)
+    # one pass over all values: normalising and splitting their concatenation (with a
+    # separator no word contains) gives the same words as doing it value by value
+    return " ".join(words("\n".join(strings)))

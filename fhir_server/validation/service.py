@@ -111,8 +111,26 @@ def validate_profiles(
         nrt = nested.get("resourceType")
         if isinstance(nrt, str):
             _one(validator, nested, where, (), required_profiles, meta_profiles, issues)
-    issues += validator.extensions(resource, rt)
+    if _has_extensions(resource):
+        issues += validator.extensions(resource, rt)
     return dedupe(issues)
+
+
+def _has_extensions(value: Any) -> bool:
+    """Whether an ``extension`` or ``modifierExtension`` appears anywhere in ``value``: a
+    plain key scan, far cheaper than the path-tracking walk that validates them."""
+    if type(value) is dict:
+        if "extension" in value or "modifierExtension" in value:
+            return True
+        items: Any = value.values()
+    elif type(value) is list:
+        items = value
+    else:
+        return False
+    for v in items:  # noqa: SIM110 - a loop: no generator per level
+        if (type(v) is dict or type(v) is list) and _has_extensions(v):
+            return True
+    return False
 
 
 def _one(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server import terminology, validation
 from fhir_server.api import http
@@ -52,9 +54,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await store.open()
+        audit = getattr(app.state, "audit", None)
+        if audit is not None:
+            audit.start()  # writes the queued audit events in batches
         try:
             yield
         finally:
+            if audit is not None:
+                await audit.stop()  # what is still queued is written
             if owned:
                 await store.close()
 
@@ -77,14 +84,17 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_api_route(base, endpoint, methods=METHODS, include_in_schema=False)
     app.add_api_route(base + "/", endpoint, methods=METHODS, include_in_schema=False)
     app.add_api_route(base + "/{path:path}", endpoint, methods=METHODS, include_in_schema=False)
+    if settings.auth_enabled and base:
+        # after the FHIR API, which takes nearly every request (routes are tried in order)
+        app.include_router(app.state.auth_server.router(discovery=False))
     return app
 
 
 def _with_auth(app: FastAPI, ctx: Context) -> Context:
     """SMART on FHIR: the authorization server's routes (registered before the FHIR
-    catch-all routes), CORS, and the authenticator every FHIR request goes through."""
-    from starlette.middleware.cors import CORSMiddleware
-
+    catch-all routes), CORS, the authenticator every FHIR request goes through, and
+    the audit trail (AuditEvent, Provenance) its lifespan starts and stops."""
+    from fhir_server.auth.audit import AuditTrail
     from fhir_server.auth.config import AuthConfig
     from fhir_server.auth.server import AuthServer
     from fhir_server.auth.tokens import OidcVerifier
@@ -110,9 +120,11 @@ def _with_auth(app: FastAPI, ctx: Context) -> Context:
         for issuer, jwks_uri in settings.auth_external_issuers
     ]
     app.state.auth_server = server
-    app.include_router(server.router())
+    # Before the FHIR API's catch-all route: the discovery document under its base (and
+    # everything when the base is the root); the others go after it (create_app).
+    app.include_router(server.router(endpoints=not settings.base_path.strip("/")))
     app.add_middleware(
-        CORSMiddleware,
+        _BrowserCors,
         allow_origins=list(settings.auth_cors_origins),
         allow_methods=METHODS,
         allow_headers=[
@@ -133,7 +145,35 @@ def _with_auth(app: FastAPI, ctx: Context) -> Context:
             "WWW-Authenticate",
         ],
     )
-    return ctx.with_authenticator(server.authenticator(external))
+    # The audit trail exists only with authorization on: with --no-auth (loopback
+    # only, local development) nothing is audited; see fhir_server.auth.audit.
+    audit = AuditTrail(ctx.store, settings.base_url)
+    app.state.audit = audit
+    return ctx.with_authenticator(server.authenticator(external)).with_audit(audit)
+
+
+class _BrowserCors:
+    """CORS (Starlette's middleware) for requests that carry an ``Origin`` header, the
+    browsers'; any other request only gets ``Vary: Origin``, as that middleware would
+    give it, without its per-request cost."""
+
+    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
+        from starlette.middleware.cors import CORSMiddleware
+
+        self.app = app
+        self.cors = CORSMiddleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or any(k == b"origin" for k, _ in scope["headers"]):
+            await self.cors(scope, receive, send)
+            return
+
+        async def vary(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"vary", b"Origin")]
+            await send(message)
+
+        await self.app(scope, receive, vary)
 
 
 def _display_name(patient: dict[str, object]) -> str:

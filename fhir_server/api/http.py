@@ -2,7 +2,8 @@
 HTTP-level rules: media types, body size, `_format`/`_pretty`, `_summary`/`_elements`
 on single-resource reads, HEAD, bearer-token authentication when the context has an
 authenticator (every request but ``GET metadata``; the principal rides on the context
-to the router, which enforces the scopes), and mapping errors to OperationOutcome (the
+to the router, which enforces the scopes; a ``401`` is audited here, everything after
+it by the router), and mapping errors to OperationOutcome (the
 one place where that happens).
 """
 
@@ -127,8 +128,16 @@ async def handle(request: Request, ctx: Context, path: str) -> Response:
             body=body,
         )
         if ctx.authenticator is not None and not _is_public(req):
-            principal = await ctx.authenticator.authenticate(request.headers.get("authorization"))
-            ctx = ctx.as_principal(principal)
+            peer = request.client.host if request.client else None
+            try:
+                principal = await ctx.authenticator.authenticate(
+                    request.headers.get("authorization")
+                )
+            except FhirError as err:
+                if ctx.audit is not None:
+                    ctx.audit.unauthenticated(req, peer, err)
+                raise
+            ctx = ctx.as_principal(principal, peer)
         resp = await dispatch(ctx, req)
         content = _encode(req, resp, pretty)
     except FhirError as err:

@@ -17,7 +17,8 @@ Organization ...) a ``patient/`` scope is not limited by the compartment.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -84,16 +85,36 @@ def forbidden(description: str = "The access token does not permit this interact
 
 class Authenticator:
     """Verifies bearer tokens: ours (``issuer``) and external providers' (``external``,
-    chosen by the token's ``iss``)."""
+    chosen by the token's ``iss``).
+
+    A verified token's principal is kept (up to ``cache_size`` tokens, the oldest
+    forgotten first) until the token's ``exp``: a client sends the same token with
+    every request, and checking its signature each time would cost more than many
+    reads. Only valid tokens are kept, keyed by the whole token string, so a changed
+    byte is verified afresh. Access tokens cannot be revoked here (they are short-lived;
+    refresh tokens are what gets revoked), so keeping them changes no decision."""
 
     def __init__(
-        self, issuer: TokenIssuer | None = None, external: Sequence[OidcVerifier] = ()
+        self,
+        issuer: TokenIssuer | None = None,
+        external: Sequence[OidcVerifier] = (),
+        *,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
         self.external = {v.issuer: v for v in external}
+        self.cache_size = cache_size
+        self.clock = clock
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
         """The principal of a token; :class:`TokenError` when it is not valid."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            if self.clock() < hit[1]:
+                return hit[0]
+            del self._verified[token]
         iss = unverified_claims(token).get("iss")
         if self.issuer is not None and iss == self.issuer.issuer:
             claims = self.issuer.verify(token)
@@ -101,7 +122,13 @@ class Authenticator:
             claims = await self.external[iss].verify(token)
         else:
             raise TokenError("invalid_issuer", "the token has an unexpected issuer")
-        return Principal.from_claims(claims)
+        principal = Principal.from_claims(claims)
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and self.cache_size > 0:
+            while len(self._verified) >= self.cache_size:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = (principal, float(exp))
+        return principal
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """From the ``Authorization`` header to the principal, or a ``401``."""

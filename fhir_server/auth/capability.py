@@ -40,9 +40,24 @@ def security_block(config: AuthConfig) -> dict[str, Any]:
     }
 
 
+_WRITES: Final = frozenset({"create", "update", "patch", "delete"})
+
+
 def add_security(statement: dict[str, Any], config: AuthConfig) -> dict[str, Any]:
     """Put the security block into every ``rest`` entry of a CapabilityStatement
-    (in place) and return the statement."""
+    (in place) and return the statement. The resources only the server writes
+    (AuditEvent, Provenance: see :mod:`fhir_server.auth.audit`) lose their write
+    interactions."""
+    from fhir_server.auth.audit import SERVER_WRITTEN
+
     for rest in statement.get("rest", ()):
         rest["security"] = security_block(config)
+        for resource in rest.get("resource", ()):
+            if resource.get("type") in SERVER_WRITTEN:
+                resource["interaction"] = [
+                    i for i in resource.get("interaction", ()) if i.get("code") not in _WRITES
+                ]
+                for flag in ("updateCreate", "conditionalCreate", "conditionalUpdate"):
+                    resource[flag] = False
+                resource["conditionalDelete"] = "not-supported"
     return statement

@@ -26,7 +26,8 @@ unknown resource so that its existence is not revealed):
   (no resource to check) are dropped when filtering is needed.
 - transaction/batch: each entry goes through the router (and so these rules);
   transaction ``create`` entries, which the Bundle processor writes directly, are
-  checked up front.
+  checked up front, as is every write of an AuditEvent or Provenance (``405``: the
+  server writes those, see :mod:`fhir_server.auth.audit`).
 - operations: ``$generate-claim``/``$generate`` need ``read`` of Encounter, and with
   ``persist=true`` ``create`` and ``update`` of Claim and ``update`` of Encounter;
   other operations need ``update`` of their type when they change state, else
@@ -41,6 +42,7 @@ from typing import Any
 
 from fhir_server import jsonio
 from fhir_server.auth.access import Principal, can, forbidden, needs_result_filter
+from fhir_server.auth.audit import refuse_server_written
 from fhir_server.errors import FhirError
 from fhir_server.interactions import resources as res
 from fhir_server.interactions.context import Context
@@ -89,6 +91,8 @@ async def check_read(
     rtype, id = args[0], args[1]
     _require(principal, interaction, rtype)
     res.check_id(id)
+    if blanket(principal, interaction, rtype):
+        return  # every resource of the type is allowed: nothing to look at
     if interaction == "vread":
         vid = args[2]
         version = await ctx.store.vread(rtype, id, int(vid)) if vid.isdigit() else None
@@ -173,7 +177,8 @@ async def guarded_write(
 
 
 async def check_transaction(ctx: Context, principal: Principal, req: FhirRequest) -> None:
-    """The create entries of a transaction (the others are dispatched one by one)."""
+    """The create entries of a transaction (the others are dispatched one by one),
+    and no write of a resource only the server writes (``405``) in any entry."""
     data = req.parsed if req.parsed is not None else res.parse_body(req.body)
     if not isinstance(data, dict) or data.get("type") != "transaction":
         return
@@ -182,7 +187,14 @@ async def check_transaction(ctx: Context, principal: Principal, req: FhirRequest
             continue
         request = entry.get("request") or {}
         resource = entry.get("resource")
-        if not isinstance(request, dict) or str(request.get("method", "")).upper() != "POST":
+        if not isinstance(request, dict):
+            continue
+        method = str(request.get("method", "")).upper()
+        url = request.get("url")
+        if method not in ("GET", "HEAD") and isinstance(url, str):
+            path = url.removeprefix(ctx.base_url.rstrip("/") + "/").lstrip("/")
+            refuse_server_written(path.split("?", 1)[0].split("/", 1)[0])
+        if method != "POST":
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             continue

@@ -369,15 +369,26 @@ class Permissions:
     """What a set of scopes allows."""
 
     scopes: ScopeSet = field(default_factory=ScopeSet)
+    # granting()'s answers: a principal (and so its permissions) is kept for as long as
+    # its token is valid, and asks the same few questions on every request
+    _granting: dict[tuple[str, str | None], tuple[ResourceScope, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, scope: str | Iterable[str] | ScopeSet | None) -> Permissions:
         return cls(scope if isinstance(scope, ScopeSet) else ScopeSet.parse(scope))
 
-    def granting(self, interaction: str, resource_type: str | None) -> list[ResourceScope]:
+    def granting(self, interaction: str, resource_type: str | None) -> tuple[ResourceScope, ...]:
         """The scopes that permit the interaction on the type (before parameters)."""
-        letter = letter_for(interaction)
-        return [s for s in self.scopes.resources if s.applies_to(letter, resource_type)]
+        key = (interaction, resource_type)
+        found = self._granting.get(key)
+        if found is None:
+            letter = letter_for(interaction)
+            found = tuple(s for s in self.scopes.resources if s.applies_to(letter, resource_type))
+            if len(self._granting) < 1024:
+                self._granting[key] = found
+        return found
 
     def allows(
         self,
@@ -436,7 +447,8 @@ def letter_for(interaction: str) -> str:
 # --------------------------------------------------------------------------- staff roles
 
 # Default ``user/`` scopes per staff role of a therapy practice. Data: a deployment may
-# replace it. Each role also gets the identity scopes (openid fhirUser).
+# replace it. Each role also gets the identity scopes (openid fhirUser). Provenance and
+# AuditEvent are written by the server only (fhir_server.auth.audit): read at most.
 _DIRECTORY = ("Practitioner", "PractitionerRole", "Organization", "Location", "HealthcareService")
 
 STAFF_ROLES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -458,7 +470,6 @@ STAFF_ROLES: Final[Mapping[str, tuple[str, ...]]] = {
                 "ClinicalImpression",
                 "Communication",
                 "Appointment",
-                "Provenance",
             )
         ),
         *(
@@ -472,6 +483,7 @@ STAFF_ROLES: Final[Mapping[str, tuple[str, ...]]] = {
                 "RelatedPerson",
                 "Schedule",
                 "Slot",
+                "Provenance",
                 *_DIRECTORY,
             )
         ),
@@ -485,7 +497,6 @@ STAFF_ROLES: Final[Mapping[str, tuple[str, ...]]] = {
                 "Procedure",
                 "Encounter",
                 "QuestionnaireResponse",
-                "Provenance",
             )
         ),
         *(
@@ -500,6 +511,7 @@ STAFF_ROLES: Final[Mapping[str, tuple[str, ...]]] = {
                 "Questionnaire",
                 "Appointment",
                 "EpisodeOfCare",
+                "Provenance",
                 *_DIRECTORY,
             )
         ),

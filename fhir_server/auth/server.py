@@ -244,7 +244,7 @@ class AuthServer:
 
     def authenticator(self, external: Sequence[OidcVerifier] = ()) -> Authenticator:
         """Verifies our access tokens (and those of ``external`` providers)."""
-        return Authenticator(self.tokens, external)
+        return Authenticator(self.tokens, external, clock=self.clock)
 
     # ------------------------------------------------------------------ documents
 
@@ -702,8 +702,9 @@ class AuthServer:
 
     # ------------------------------------------------------------------ router
 
-    def router(self) -> APIRouter:
-        """The routes; include it in the app BEFORE the FHIR catch-all routes."""
+    def router(self, *, discovery: bool = True, endpoints: bool = True) -> APIRouter:
+        """The routes: ``discovery``, ``{fhir}/.well-known/smart-configuration`` (include
+        it in the app BEFORE the FHIR catch-all route); ``endpoints``, the others."""
         router = APIRouter()
         auth = self.config.auth_path.rstrip("/")
         fhir = self.config.fhir_base_path.rstrip("/")
@@ -728,12 +729,15 @@ class AuthServer:
             response.headers["Access-Control-Allow-Origin"] = "*"
             return response
 
-        router.add_api_route(
-            fhir + "/.well-known/smart-configuration",
-            smart_configuration,
-            methods=["GET"],
-            include_in_schema=False,
-        )
+        if discovery:
+            router.add_api_route(
+                fhir + "/.well-known/smart-configuration",
+                smart_configuration,
+                methods=["GET"],
+                include_in_schema=False,
+            )
+        if not endpoints:
+            return router
         router.add_api_route(
             auth + "/.well-known/openid-configuration",
             openid_configuration,

@@ -111,6 +111,8 @@ async def process(ctx: Context, req: FhirRequest) -> FhirResponse:
             "Bundle.type",
         )
     entries = _parse_entries(ctx, bundle)
+    if ctx.event is not None:
+        ctx.event.note_bundle(kind)
     prefer = req.header("prefer")
     if kind == "batch":
         responses = [await _batch_entry(ctx, e, prefer) for e in entries]
@@ -214,7 +216,9 @@ async def _transaction(
     results: dict[int, dict[str, Any]] = {}
     current: _Entry | None = None
     try:
-        async with ctx.store.unit_of_work() as uow:
+        # ctx.writing(): when audited, one AuditEvent and one Provenance for the
+        # whole transaction are written in its unit of work
+        async with ctx.writing() as uow:
             tx = ctx.within(uow)
             identities = await _assign_identities(uow, entries, ctx.base_url)
             for e in entries:

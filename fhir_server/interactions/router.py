@@ -153,6 +153,22 @@ def _match(shape: tuple[str, ...], parts: list[str]) -> list[str] | None:
     return args
 
 
+def interaction_of(method: str, path: str) -> tuple[str | None, list[str]]:
+    """The interaction a request names, as (CapabilityStatement code, path arguments):
+    ``("operation", [type, id, $name])`` for an operation, ``(None, parts)`` when the
+    path or method names none. Used to describe requests (audit), not to route them."""
+    parts = [p for p in path.split("/") if p]
+    if parts and parts[-1].startswith("$"):
+        return "operation", parts
+    method = "GET" if method == "HEAD" else method
+    for route in ROUTES:
+        if route.method == method:
+            args = _match(route.shape, parts)
+            if args is not None:
+                return route.code, args
+    return None, parts
+
+
 async def _guarded(ctx: Context, req: FhirRequest, route: Route, args: list[str]) -> FhirResponse:
     """Runs a route for an authenticated caller; see :mod:`fhir_server.auth.enforce`."""
     from fhir_server.auth import enforce
@@ -161,6 +177,10 @@ async def _guarded(ctx: Context, req: FhirRequest, route: Route, args: list[str]
     principal = ctx.principal
     assert principal is not None
     code = route.code
+    if code in enforce.WRITES:
+        from fhir_server.auth.audit import refuse_server_written
+
+        refuse_server_written(args[0])
     if code in enforce.READS:
         await enforce.check_read(ctx, principal, code, args)
         response = await route.handler(ctx, req, *args)
@@ -205,7 +225,17 @@ async def _guarded(ctx: Context, req: FhirRequest, route: Route, args: list[str]
 async def dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
     """Runs the interaction the request names; with a principal on the context, only
     what its scopes allow (403/404, see :mod:`fhir_server.auth.enforce`). Bundle
-    entries come back through here, so they are checked one by one."""
+    entries come back through here, so they are checked one by one.
+
+    With an audit trail on the context, each interaction of an authenticated caller
+    is audited (:mod:`fhir_server.auth.audit`): a request, and each entry of a batch;
+    the entries of a transaction belong to the transaction's record."""
+    if ctx.audit is not None and ctx.principal is not None and ctx.uow is None:
+        return await ctx.audit.audited(ctx, req, _dispatch)
+    return await _dispatch(ctx, req)
+
+
+async def _dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
     parts = [p for p in req.path.split("/") if p]
     method = "GET" if req.method == "HEAD" else req.method
     if parts and parts[-1].startswith("$"):
@@ -223,6 +253,8 @@ async def dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
             continue
         matched_path = True
         if route.method == method:
+            if ctx.event is not None and ctx.event.interaction is None:
+                ctx.event.interaction = (route.code, args)  # (not a transaction's entry)
             if ctx.principal is not None:
                 return await _guarded(ctx, req, route, args)
             return await route.handler(ctx, req, *args)

@@ -33,6 +33,13 @@ _BASE64_FAST: Final = re.compile(r"\s*(?:[0-9a-zA-Z+/=]{4}\s*)+", re.ASCII)
 
 _DAYS: Final = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
+# a urn:uuid: URI holds a UUID (RFC 4122: 8-4-4-4-12 hex digits; the uuid type asks
+# for lowercase, but official examples use uppercase in uri elements)
+_URN_UUID: Final = re.compile(
+    r"urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_URI_TYPES: Final = frozenset({"uri", "url", "canonical"})
+
 
 def _describe(value: Any) -> str:
     if value is True or value is False:
@@ -101,6 +108,7 @@ def _decimal(value: Any) -> Problem | None:
 
 def _string_checker(type_name: str, pattern: re.Pattern[str] | None, dates: bool) -> Checker:
     match = pattern.fullmatch if pattern is not None else None
+    uri = type_name in _URI_TYPES
 
     def check(value: Any) -> Problem | None:
         if not isinstance(value, str):
@@ -114,6 +122,11 @@ def _string_checker(type_name: str, pattern: re.Pattern[str] | None, dates: bool
             return "value", f"'{_short(value)}' is not a valid {type_name}"
         if dates and not _valid_calendar_date(value):
             return "value", f"'{value}' is not a valid {type_name}: no such calendar date"
+        if uri and value.startswith("urn:uuid:") and _URN_UUID.fullmatch(value) is None:
+            return (
+                "value",
+                f"'{_short(value)}' is not a valid urn:uuid: (a UUID is 8-4-4-4-12 hex digits)",
+            )
         return None
 
     return check

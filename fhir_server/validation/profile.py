@@ -13,7 +13,8 @@ profile says beyond the base definitions, which the structure validator checks a
 * bindings: required -> error, extensible -> warning when the code is not in the
   value set, resolved through a :data:`~fhir_server.validation.valuesets.TerminologyLookup`
   (value sets that cannot be resolved are not checked);
-* ``maxLength``, ``minValue[x]``/``maxValue[x]``;
+* ``maxLength``, ``minValue[x]``/``maxValue[x]`` (a Quantity in another UCUM unit is
+  converted, :mod:`.ucum`);
 * slicing with discriminators ``value``, ``pattern``, ``type``, ``profile`` and
   ``exists`` (paths such as ``code.coding.code``, ``url``, ``$this``, ``resolve()``,
   ``extension('url')``, ``ofType(T)``), ``closed``/``open``/``openAtEnd`` rules and
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 from fhir_server import definitions
 from fhir_server.definitions import BACKBONE, PRIMITIVE, RESOURCE, ElementDef
 from fhir_server.errors import Issue, IssueCode, Severity, has_errors
-from fhir_server.validation import invariants
+from fhir_server.validation import invariants, ucum
 from fhir_server.validation.fastpath import It, navigate
 from fhir_server.validation.invariants import Invariant
 from fhir_server.validation.snapshot import Element, element_ids
@@ -1023,14 +1024,10 @@ class _Run:
             b = bound[0]
             try:
                 if isinstance(b, dict) and isinstance(v, dict):  # Quantity
-                    bv, vv = b.get("value"), v.get("value")
-                    if bv is None or vv is None or b.get("code") != v.get("code"):
+                    order = _quantity_order(v, b)
+                    if order is None:
                         continue
-                    ok = (
-                        Decimal(str(vv)) >= Decimal(str(bv))
-                        if low
-                        else Decimal(str(vv)) <= Decimal(str(bv))
-                    )
+                    ok = order >= 0 if low else order <= 0
                 elif (
                     isinstance(b, int | Decimal)
                     and isinstance(v, int | Decimal)
@@ -1349,6 +1346,27 @@ def _steps(path: str) -> list[tuple[str, ...]]:
                 return [("unsupported", path)]
             pos += 1
     return steps
+
+
+def _quantity_order(value: dict[str, Any], bound: dict[str, Any]) -> int | None:
+    """-1, 0, 1 comparing a Quantity with a minValue/maxValue Quantity: in the same
+    unit, or in UCUM units converted to each other (:mod:`.ucum`); None when they
+    cannot be compared."""
+    bv, vv = bound.get("value"), value.get("value")
+    if bv is None or vv is None:
+        return None
+    v, b = Decimal(str(vv)), Decimal(str(bv))
+    if bound.get("code") == value.get("code"):
+        return (v > b) - (v < b)
+    codes = (value.get("code"), bound.get("code"))
+    if value.get("system") == bound.get("system") == ucum.UCUM and all(
+        isinstance(c, str) for c in codes
+    ):
+        try:
+            return ucum.compare(v, str(codes[0]), b, str(codes[1]))
+        except ValueError:  # a unit not known here, or of another dimension
+            return None
+    return None
 
 
 def iter_nested_resources(resource: Any, expr: str) -> Iterator[tuple[dict[str, Any], str]]:

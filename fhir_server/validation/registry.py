@@ -11,7 +11,9 @@ A :class:`ProfileRegistry` knows
 
 Besides StructureDefinitions it keeps the ValueSets and CodeSystems it is given, and
 answers binding checks for them (:meth:`ProfileRegistry.value_set_codes`, expanded
-locally by :func:`~fhir_server.validation.valuesets.expand_local`).
+locally by :func:`~fhir_server.validation.valuesets.expand_local`), and the
+Questionnaires QuestionnaireResponses are validated against
+(:meth:`ProfileRegistry.questionnaire`, by canonical URL and version).
 
 Snapshots are generated on first use from the differential (a StructureDefinition
 that carries a snapshot keeps it) and cached with the compiled profile; adding or
@@ -48,6 +50,10 @@ __all__ = [
 SD_BASE: Final = "http://hl7.org/fhir/StructureDefinition/"
 # The repository's profiles directory (absent in an installed package).
 PROFILES_DIR: Final = Path(__file__).resolve().parents[2] / "profiles"
+# The resource types a registry keeps.
+DEFINITION_TYPES: Final = frozenset(
+    {"StructureDefinition", "ValueSet", "CodeSystem", "Questionnaire"}
+)
 
 
 class RegistryError(ValueError):
@@ -70,13 +76,15 @@ def base_type_of(url: str) -> str | None:
 
 
 class ProfileRegistry:
-    """StructureDefinitions, ValueSets and CodeSystems by canonical URL."""
+    """StructureDefinitions, ValueSets, CodeSystems and Questionnaires by canonical URL."""
 
     def __init__(self, *, core: bool = True) -> None:
         self._lock = threading.RLock()
         self._sds: dict[str, dict[str, Any]] = {}
         self._value_sets: dict[str, dict[str, Any]] = {}
         self._code_systems: dict[str, dict[str, Any]] = {}
+        # canonical URL -> the registered versions, the latest registration last
+        self._questionnaires: dict[str, list[dict[str, Any]]] = {}
         self._snapshots: dict[str, list[Element]] = {}
         self._compiled: dict[str, Any] = {}
         self._codes: dict[str, Codes | None] = {}
@@ -97,19 +105,16 @@ class ProfileRegistry:
             self._core_loaded = True
 
     def add(self, resource: dict[str, Any]) -> list[str]:
-        """Register a StructureDefinition, ValueSet or CodeSystem (or every one of them
-        in a Bundle); returns the URLs registered. A later definition with the same URL
-        replaces the earlier one."""
+        """Register a StructureDefinition, ValueSet, CodeSystem or Questionnaire (or
+        every one of them in a Bundle); returns the URLs registered. A later definition
+        with the same URL replaces the earlier one (for a Questionnaire: the one with
+        the same URL and version)."""
         rt = resource.get("resourceType")
         if rt == "Bundle":
             urls: list[str] = []
             for entry in resource.get("entry") or ():
                 r = entry.get("resource") if isinstance(entry, dict) else None
-                if isinstance(r, dict) and r.get("resourceType") in (
-                    "StructureDefinition",
-                    "ValueSet",
-                    "CodeSystem",
-                ):
+                if isinstance(r, dict) and r.get("resourceType") in DEFINITION_TYPES:
                     urls += self.add(r)
             return urls
         url = resource.get("url")
@@ -130,6 +135,13 @@ class ProfileRegistry:
                 self._value_sets[url] = resource
             elif rt == "CodeSystem":
                 self._code_systems[url] = resource
+            elif rt == "Questionnaire":
+                version = resource.get("version")
+                versions = [
+                    q for q in self._questionnaires.get(url, ()) if q.get("version") != version
+                ]
+                self._questionnaires[url] = [*versions, resource]
+                return [url]  # nothing compiled depends on a Questionnaire
             else:
                 raise RegistryError(f"a {rt} is not a definition the validator uses")
             self._invalidate()
@@ -141,6 +153,7 @@ class ProfileRegistry:
             self._sds.pop(url, None)
             self._value_sets.pop(url, None)
             self._code_systems.pop(url, None)
+            self._questionnaires.pop(url, None)
             self._invalidate()
 
     def _invalidate(self) -> None:
@@ -150,9 +163,10 @@ class ProfileRegistry:
         self._errors.clear()
 
     def load_directory(self, directory: Path) -> tuple[list[str], list[str]]:
-        """Register the StructureDefinitions, ValueSets and CodeSystems among the JSON
-        files of a directory (recursively). Returns (URLs registered, problems: files
-        that are not JSON or not such resources are reported, not raised)."""
+        """Register the StructureDefinitions, ValueSets, CodeSystems and Questionnaires
+        among the JSON files of a directory (recursively). Returns (URLs registered,
+        problems: files that are not JSON or not such resources are reported, not
+        raised)."""
         loaded: list[str] = []
         problems: list[str] = []
         if not directory.is_dir():
@@ -163,11 +177,9 @@ class ProfileRegistry:
             except (OSError, ValueError) as exc:
                 problems.append(f"{path.name}: {exc}")
                 continue
-            if not isinstance(data, dict) or data.get("resourceType") not in (
-                "StructureDefinition",
-                "ValueSet",
-                "CodeSystem",
-                "Bundle",
+            if not isinstance(data, dict) or (
+                data.get("resourceType") not in DEFINITION_TYPES
+                and data.get("resourceType") != "Bundle"
             ):
                 continue
             try:
@@ -306,6 +318,42 @@ class ProfileRegistry:
 
     def code_system(self, url: str) -> dict[str, Any] | None:
         return self._code_systems.get(canonical(url))
+
+    def knows_value_set(self, url: str) -> bool:
+        """Whether a value set is registered here or listed by the base definitions
+        (even one that cannot be expanded locally)."""
+        key = canonical(url)
+        return (
+            key in self._value_sets
+            or definitions.value_set(key) is not None
+            or definitions.value_set_not_checkable_reason(key) is not None
+        )
+
+    def expand(self, value_set: dict[str, Any]) -> Codes | None:
+        """The (system, code) pairs of a ValueSet resource that is not registered (one
+        contained in another resource), expanded against the registered code systems
+        and value sets; None when it cannot be expanded locally."""
+        return expand_local(value_set, self._code_systems, self._value_sets, base_lookup)
+
+    # ------------------------------------------------------------------ questionnaires
+
+    def questionnaire(self, url: str) -> dict[str, Any] | None:
+        """The Questionnaire registered for a canonical URL: with ``|version``, the one
+        with that version; without, the latest registered. ``Questionnaire/id`` finds
+        one whose URL ends with it."""
+        base, _, version = url.partition("|")
+        found = self._questionnaires.get(base)
+        if not found and base.startswith("Questionnaire/"):
+            # a relative reference (as in the R4 examples): the one whose URL ends so
+            found = next(
+                (qs for key, qs in self._questionnaires.items() if key.endswith("/" + base)),
+                None,
+            )
+        if not found:
+            return None
+        if not version:
+            return found[-1]
+        return next((q for q in reversed(found) if q.get("version") == version), None)
 
 
 @cache

@@ -6,7 +6,9 @@
 * :func:`validate_profiles` -- only the profile part, for the write path (which has
   already run the base validation): every ``meta.profile`` the registry knows (an
   unknown one is a warning), the required profiles of the type, and the same for the
-  resources nested in it (contained, Bundle entries).
+  resources nested in it (contained, Bundle entries); a QuestionnaireResponse is also
+  checked against its Questionnaire (:mod:`.questionnaire`; an unknown one is a
+  warning), as a Questionnaire is a profile of the answers.
 
 Issues are de-duplicated (a problem found through two profiles is reported once) and
 keep their order.
@@ -21,6 +23,7 @@ from fhir_server.errors import Issue, has_errors
 from fhir_server.validation import structure
 from fhir_server.validation.invariants import check_invariants
 from fhir_server.validation.profile import ProfileValidator, iter_nested_resources
+from fhir_server.validation.questionnaire import validate_response
 from fhir_server.validation.registry import ProfileRegistry, canonical, default_registry
 from fhir_server.validation.valuesets import TerminologyLookup, chain
 
@@ -107,12 +110,24 @@ def validate_profiles(
     if not isinstance(rt, str):
         return issues
     _one(validator, resource, rt, profiles, required_profiles, meta_profiles, issues)
+    responses = [(resource, rt)] if rt == "QuestionnaireResponse" else []
     for nested, where in iter_nested_resources(resource, rt):
         nrt = nested.get("resourceType")
         if isinstance(nrt, str):
             _one(validator, nested, where, (), required_profiles, meta_profiles, issues)
+            if nrt == "QuestionnaireResponse":
+                responses.append((nested, where))
     if _has_extensions(resource):
         issues += validator.extensions(resource, rt)
+    for response, where in responses:
+        issues += validate_response(
+            response,
+            where,
+            questionnaire=reg.questionnaire,
+            value_set_codes=validator.lookup,
+            knows_value_set=reg.knows_value_set,
+            expand=reg.expand,
+        )
     return dedupe(issues)
 
 

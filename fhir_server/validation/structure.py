@@ -6,7 +6,8 @@ of its element path, so the cost is one dict lookup per property plus the checks
 its value. No FHIRPath is evaluated here; the FHIRPath invariants of the
 definitions are left to a separate module, except for the few structural ones that
 are cheap to check directly (ext-1, dom-2, dom-4, dom-5, ref-1 and ele-1's "no empty
-elements").
+elements"). ``Attachment.size``, when given with ``data``, is the size of the decoded
+data; a ``urn:uuid:`` in a uri/url/canonical holds a well-formed UUID.
 
 Required bindings
 -----------------
@@ -288,6 +289,8 @@ class _Walker:
             self.obj(value, ctd, code, expr, ids)
             if code == "Reference":
                 self.reference(value, child, expr, ids)
+            elif code == "Attachment":
+                self.attachment(value, expr)
             elif code == "Extension":
                 self.extension(value, expr)
             elif child.element.binding_strength == "required":
@@ -560,6 +563,19 @@ class _Walker:
                 where,
             )
 
+    def attachment(self, value: dict[str, Any], expr: str) -> None:
+        """Attachment.size, when given with the data, is the size of the decoded data."""
+        size, data = value.get("size"), value.get("data")
+        if type(size) is not int or type(data) is not str:
+            return
+        actual = _decoded_size(data)
+        if actual is not None and actual != size:
+            self.err(
+                "value",
+                f"Stated Attachment Size {size} does not match actual attachment size {actual}",
+                f"{expr}.size",
+            )
+
     def extension(self, value: dict[str, Any], expr: str) -> None:
         has_extension = "extension" in value
         has_value = any(k.startswith(("value", "_value")) for k in value)
@@ -579,6 +595,14 @@ _checkers: dict[str, primitives.Checker] = {}
 def _checker(type_code: str) -> primitives.Checker:
     check = _checkers[type_code] = primitives.checker(type_code)
     return check
+
+
+def _decoded_size(data: str) -> int | None:
+    """The number of bytes base64 text decodes to (None when it is not base64)."""
+    text = "".join(data.split())
+    if len(text) % 4:
+        return None
+    return len(text) // 4 * 3 - len(text) + len(text.rstrip("="))
 
 
 def _contained_ids(contained: Any) -> frozenset[str]:

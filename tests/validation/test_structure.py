@@ -723,3 +723,28 @@ def test_every_issue_names_an_expression() -> None:
     issues = check(text)
     assert len(issues) == 4
     assert all(i.expression and i.expression[0].startswith("Patient.") for i in issues)
+
+
+def test_attachment_size_must_match_the_data() -> None:
+    # "aGVsbG8=" is the 5 bytes "hello"
+    good = '{"resourceType": "Media", "status": "completed", "content": %s}'
+    assert check(good % '{"data": "aGVsbG8=", "size": 5}') == []
+    assert check(good % '{"data": "aGVs bG8h", "size": 6}') == []  # whitespace is no data
+    only(
+        good % '{"data": "aGVsbG8=", "size": 100}',
+        "value",
+        "Media.content.size",
+        "Stated Attachment Size 100 does not match actual attachment size 5",
+    )
+
+
+def test_urn_uuid_in_a_uri_must_be_a_uuid() -> None:
+    text = '{"resourceType": "Basic", "code": {"text": "x"}, "implicitRules": "%s"}'
+    assert check(text % "urn:uuid:c757873d-ec9a-4326-a141-556f43239520") == []
+    assert check(text % "urn:uuid:C757873D-EC9A-4326-A141-556F43239520") == []
+    only(
+        text % "urn:uuid:c757873d-ec9a-4326-a141-556f43239520asdf",
+        "value",
+        "Basic.implicitRules",
+        "is not a valid urn:uuid",
+    )

@@ -48,12 +48,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     validation.set_terminology(terminology.value_set_membership)
     owned = store is None
     store = store or make_store(settings.database)
-    ctx = Context(store=store, settings=settings)
+    # this server's definitions: the packaged ones, then those written through the API
+    profiles = validation.default_registry().copy()
+    ctx = Context(store=store, settings=settings, profiles=profiles)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await store.open()
+        await load_definitions(store, profiles)
         audit = getattr(app.state, "audit", None)
         if audit is not None:
             audit.start()  # writes the queued audit events in batches
@@ -189,3 +192,24 @@ def _display_name(patient: dict[str, object]) -> str:
         if parts:
             return " ".join(parts)
     return str(patient.get("id", ""))
+
+
+async def load_definitions(store: Store, profiles: validation.ProfileRegistry) -> int:
+    """Add the definitions stored earlier (StructureDefinition, ValueSet, CodeSystem,
+    Questionnaire) to the server's registry; the number added."""
+    from fhir_server import jsonio
+    from fhir_server.interactions.context import register_definitions
+    from fhir_server.search.parser import parse
+
+    found: list[dict[str, Any] | str] = []
+    for rtype in sorted(validation.DEFINITION_TYPES):
+        cursor: str | None = None
+        while True:
+            params = [("_count", "1000")] + ([("_cursor", cursor)] if cursor else [])
+            result = await store.search(parse(rtype, params))
+            found += [jsonio.loads(hit.content) for hit in result.matches]
+            cursor = result.next_cursor
+            if cursor is None:
+                break
+    register_definitions(profiles, found)
+    return len(found)

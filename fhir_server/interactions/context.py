@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from fhir_server import jsonio
 from fhir_server.settings import Settings
-from fhir_server.storage.port import Store, StoredVersion, UnitOfWork
+from fhir_server.storage.port import NewVersion, Store, StoredVersion, UnitOfWork
+from fhir_server.validation.registry import DEFINITION_TYPES, ProfileRegistry, RegistryError
 
 if TYPE_CHECKING:
     from fhir_server.auth.access import Authenticator, Principal
     from fhir_server.auth.audit import AuditDraft, AuditTrail
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +35,9 @@ class Context:
     event: AuditDraft | None = None
     # The network address of the caller, when known.
     peer: str | None = None
+    # The definitions writes and $validate are checked against (None: the default
+    # registry). Definitions written through the API are added to it once committed.
+    profiles: ProfileRegistry | None = None
 
     @property
     def base_url(self) -> str:
@@ -71,6 +79,7 @@ class Context:
             self.audit,
             event,
             self.peer,
+            self.profiles,
         )
 
     @asynccontextmanager
@@ -83,14 +92,68 @@ class Context:
         if self.uow is not None:
             yield self.uow
             return
-        async with self.store.unit_of_work() as uow:
+        written: list[dict[str, Any] | str] = []
+        async with self.store.unit_of_work() as store_uow:
+            uow: UnitOfWork = (
+                _Definitions(store_uow, written) if self.profiles is not None else store_uow
+            )
             if self.audit is None or self.event is None:
                 yield uow
-                return
-            yield self.audit.recording(uow, self.event)
-            await self.audit.record_writes(uow, self.event)
+            else:
+                yield self.audit.recording(uow, self.event)
+                await self.audit.record_writes(uow, self.event)
+        if self.profiles is not None and written:
+            register_definitions(self.profiles, written)
 
     async def current(self, resource_type: str, id: str) -> StoredVersion | None:
         if self.uow is not None:
             return await self.uow.read(resource_type, id)
         return await self.store.read(resource_type, id)
+
+
+class _Definitions:
+    """A unit of work that notes the definitions (StructureDefinition, ValueSet,
+    CodeSystem, Questionnaire) written in it: the resource, or its URL when deleted."""
+
+    def __init__(self, uow: UnitOfWork, written: list[dict[str, Any] | str]) -> None:
+        self._uow = uow
+        self._written = written
+
+    async def read(self, resource_type: str, id: str) -> StoredVersion | None:
+        return await self._uow.read(resource_type, id)
+
+    async def put(self, version: NewVersion) -> StoredVersion:
+        if version.resource_type in DEFINITION_TYPES:
+            if version.resource is not None:
+                self._written.append(version.resource)
+            else:
+                old = await self._uow.read(version.resource_type, version.id)
+                url = jsonio.loads(old.content).get("url") if old and old.content else None
+                if isinstance(url, str):
+                    self._written.append(url)
+        return await self._uow.put(version)
+
+    async def search(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        base_url: str | None = None,
+    ) -> list[str]:
+        return await self._uow.search(resource_type, params, base_url=base_url)
+
+
+def register_definitions(
+    profiles: ProfileRegistry, written: Sequence[dict[str, Any] | str]
+) -> None:
+    """Bring the registry up to date with committed definitions (a URL: deleted). A
+    definition the registry cannot take (e.g. a StructureDefinition without type) is
+    stored but not used for validation; that is logged."""
+    for item in written:
+        if isinstance(item, str):
+            profiles.remove(item)
+            continue
+        try:
+            profiles.add(item)
+        except RegistryError as exc:
+            log.warning("%s is stored but not used for validation: %s", item.get("url"), exc)

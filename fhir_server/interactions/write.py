@@ -43,7 +43,7 @@ def validate(ctx: Context, resource: dict[str, Any], resource_type: str) -> list
     if has_errors(issues):
         raise FhirError(400, tuple(issues))
     profile_issues = validation.validate_profiles(
-        resource, required_profiles=ctx.settings.required_profiles
+        resource, required_profiles=ctx.settings.required_profiles, registry=ctx.profiles
     )
     if has_errors(profile_issues):
         raise FhirError(422, tuple(profile_issues))

@@ -143,6 +143,7 @@ async def validate_operation(
         expected_type=rtype,
         required_profiles=ctx.settings.required_profiles if mode != "profile" else (),
         meta_profiles=mode != "profile",
+        registry=ctx.profiles,
     )
     # A Claim is also scrubbed against its payer's billing rules (nothing for other types)
     issues += await validate_hook(ctx, resource)

@@ -12,11 +12,12 @@ bindings and references (see :mod:`fhir_server.validation.structure`).
 from __future__ import annotations
 
 from fhir_server.validation.invariants import check_invariants
-from fhir_server.validation.registry import ProfileRegistry, default_registry
+from fhir_server.validation.registry import DEFINITION_TYPES, ProfileRegistry, default_registry
 from fhir_server.validation.service import set_terminology, validate, validate_profiles
 from fhir_server.validation.structure import validate_resource
 
 __all__ = [
+    "DEFINITION_TYPES",
     "ProfileRegistry",
     "check_invariants",
     "default_registry",

@@ -92,6 +92,19 @@ class ProfileRegistry:
         self._core = core
         self._core_loaded = not core
 
+    def copy(self) -> ProfileRegistry:
+        """A registry with the same definitions that can change on its own (a server's
+        registry starts as a copy of :func:`default_registry`)."""
+        with self._lock:
+            self._ensure_core()
+            other = ProfileRegistry(core=False)
+            other._sds = dict(self._sds)
+            other._value_sets = dict(self._value_sets)
+            other._code_systems = dict(self._code_systems)
+            other._questionnaires = {k: list(v) for k, v in self._questionnaires.items()}
+            other._core = self._core
+            return other
+
     # ------------------------------------------------------------------ contents
 
     def _ensure_core(self) -> None:

@@ -41,6 +41,7 @@ from tests.api import (
     test_bundles,
     test_concurrency,
     test_conditional,
+    test_definitions,
     test_examples_roundtrip,
     test_rest,
 )
@@ -52,6 +53,7 @@ MODULES: tuple[ModuleType, ...] = (
     test_bundles,
     test_concurrency,
     test_conditional,
+    test_definitions,
     test_examples_roundtrip,
     test_rest,
 )

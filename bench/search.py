@@ -10,7 +10,8 @@ time of the generation is kept next to it and reported.
 Latency: each query is run ``--repeat`` times with values drawn from the data (other
 patients, encounters, dates...), after a warm-up; p50/p95 of the wall time per call.
 Throughput: searches/s over ``--duration`` seconds of ``_count=50`` pages, one after
-the other. Prints a Markdown table and writes ``bench/results/search-<size>.json``.
+the other. Prints a Markdown table and writes ``bench/results/search-<size>.json``;
+``--summary`` writes ``bench/results/search.md`` (every size side by side) from those.
 """
 
 from __future__ import annotations
@@ -241,8 +242,22 @@ async def bench(size: int, seed: int, repeat: int, duration: float) -> dict[str,
     from fhir_server.storage.sqlite.store import SqliteStore
 
     load = await ensure_database(size, seed)
-    store = SqliteStore(str(db_path(size, seed)))
+    path = db_path(size, seed)
+    if "service_type_reindex_seconds" in load:
+        # registered before the store opens, so that a rebuild of an index of an older
+        # layout (at open) indexes it too
+        search_index.registry().add(SERVICE_TYPE)
+    with sqlite3.connect(path) as conn:
+        (layout,) = conn.execute("PRAGMA user_version").fetchone()
+    store = SqliteStore(str(path))
+    started = time.perf_counter()
     await store.open()
+    if layout != search_index.LAYOUT:
+        load["index_layout"] = search_index.LAYOUT
+        load[f"index_layout_{layout}_upgraded_at_open_seconds"] = round(
+            time.perf_counter() - started, 1
+        )
+        path.with_suffix(".load.json").write_text(json.dumps(load, indent=2))
     try:
         if "service_type_reindex_seconds" not in load:
             # R4 Encounter has no service-type parameter: the rehab one, registered as
@@ -329,13 +344,70 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def cell(text: str) -> str:
+    """``text`` in a Markdown table cell (``|`` escaped)."""
+    return text.replace("|", "\\|")
+
+
+def summary(reports: list[dict[str, Any]]) -> str:
+    """One Markdown table of several sizes' results (latency p50/p95 side by side, then
+    throughput), for the README."""
+    reports = sorted(reports, key=lambda r: r["size"])
+    sizes = [f"{r['size']:,}" for r in reports]
+    machine = reports[0]["machine"]
+    out = [
+        "## Search benchmark (`python -m bench.search`)",
+        "",
+        f"Synthetic rehab clinic ({', '.join(sizes)} resources, seed {reports[0]['seed']});"
+        f" {reports[0]['measured']}; {machine['cpus']} CPUs, Python {machine['python']},"
+        f" SQLite {machine['sqlite']}. Measured {', '.join(r['when'] for r in reports)}.",
+        "",
+        "| query | " + " | ".join(f"p50 ms ({n}) | p95 ms ({n})" for n in sizes) + " |",
+        "|---|" + "---:|---:|" * len(reports),
+    ]
+    by_query = [{row["query"]: row for row in r["latency"]} for r in reports]
+    for name in by_query[0]:
+        cells = []
+        for rows in by_query:
+            row = rows.get(name)
+            cells += [f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}"] if row else ["", ""]
+        out.append(f"| {cell(name)} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "| throughput (`_count=50`) | " + " | ".join(f"searches/s ({n})" for n in sizes) + " |",
+        "|---|" + "---:|" * len(reports),
+    ]
+    for name in reports[0]["throughput"]:
+        cells = [
+            f"{r['throughput'][name]['searches_per_s']:,.0f}" if name in r["throughput"] else ""
+            for r in reports
+        ]
+        out.append(f"| {cell(name)} | " + " | ".join(cells) + " |")
+    out += ["", "Goals (p95 < 20 ms for selective searches, >= 500 searches/s for `_count=50`):"]
+    for r in reports:
+        met = ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in r["goals_met"].items())
+        out.append(f"- {r['size']:,}: {met}")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=200, help="runs per latency query")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per throughput phase")
+    ap.add_argument(
+        "--summary",
+        action="store_true",
+        help="write bench/results/search.md from the search-<size>.json results (no run)",
+    )
     args = ap.parse_args(argv)
+    if args.summary:
+        reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("search-*.json"))]
+        text = summary(reports)
+        (RESULTS / "search.md").write_text(text)
+        print(text)
+        return
     report = asyncio.run(bench(args.size, args.seed, args.repeat, args.duration))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"search-{args.size}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -82,6 +82,21 @@ def loads(data: bytes | str) -> Any:
         raise JsonError("JSON nested too deeply") from None
 
 
+# Content this server stored was written by :func:`dumps` from a dict, so it has no
+# repeated keys to look for: the C scanner builds the objects itself (2-3x faster).
+_stored_decoder = json.JSONDecoder(parse_float=FhirDecimal, parse_constant=_reject_constant)
+
+
+def loads_stored(data: bytes) -> Any:
+    """Parse resource content as this server stored it (written by :func:`dumps`):
+    as :func:`loads` gives it, without the check for repeated keys that such content
+    cannot have."""
+    try:
+        return _stored_decoder.decode(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return loads(data)  # not what this server writes: the careful path says why
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, FhirDecimal):
         return orjson.Fragment(obj.text)

@@ -77,7 +77,7 @@ def _link(base_url: str, path: str, params: Sequence[tuple[str, str]]) -> str:
 
 
 def _entry(base_url: str, hit: Hit, query: SearchQuery) -> dict[str, Any]:
-    resource = shape(jsonio.loads(hit.content), query)
+    resource = shape(jsonio.loads_stored(hit.content), query)
     return {
         "fullUrl": f"{base_url}/{hit.resource_type}/{hit.id}",
         "resource": resource,

@@ -50,6 +50,8 @@ QUERIES: list[tuple[str, list[tuple[str, str]]]] = [
     # date
     ("Encounter", [("date", "2024-01-01")]),
     ("Encounter", [("date", "ge2024-01-01"), ("date", "lt2024-01-02")]),
+    ("Encounter", [("date", "gt2023-12-31"), ("date", "le2024-01-01"), ("service-type", f"{D}|PT")]),
+    ("Encounter", [("date", "ge2024-01-01"), ("date", "lt2024-01-02"), ("_sort", "-date")]),
     ("Encounter", [("date", "le2023-02-01")]),
     ("Patient", [("_lastUpdated", "ge2020")]),
     # reference
@@ -153,3 +155,20 @@ async def test_a_broad_search_walks_the_type_in_order(
     assert not full_scans(plans["page"]) and not full_scans(plans["count"])
     result = await clinic.search(query)
     assert len(result.matches) == 20 and result.total is not None and result.total > 50
+
+
+async def test_a_date_window_is_one_selective_clause(clinic: SqliteStore) -> None:
+    """``date=ge<day>&date=lt<day+1>``: one clause (a bounded range of the date index)
+    that drives the search, the broad token clause next to it being probed."""
+    query = parse(
+        "Encounter",
+        [("date", "ge2024-01-01"), ("date", "lt2024-01-02"), ("service-type", f"{D}|PT")],
+        strict=True,
+    )
+    p = search_index.plan(clinic.reader, query)
+    assert len(p.clauses) == 2 and isinstance(p.clauses[0][0], search_index.DateWindow)
+    assert p.est[0] < p.est[1]  # the window drives
+    plans = search_index.explain_all(clinic.reader, query)
+    page = " | ".join(plans["page"])
+    assert "idx_date_lo (param=? AND lo>? AND lo<?)" in page, page
+    assert "idx_token_code" not in page, page  # probed by rowid range, not scanned

@@ -92,6 +92,63 @@ async def test_an_older_layout_is_rebuilt_on_open(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_rebuild_indexes_stored_search_parameters(tmp_path: Path) -> None:
+    """The SearchParameters stored in the database are known before its index is
+    rebuilt, so their rows are rebuilt too."""
+    from fhir_server import definitions
+    from fhir_server.search import registry as registries
+
+    official = registries.default_registry()
+    registries.use(registries.Registry.from_definitions(definitions.search_parameters()))
+    try:
+        path = tmp_path / "custom.sqlite"
+        store = SqliteStore(str(path))
+        await store.open()
+        nickname = {
+            "resourceType": "SearchParameter",
+            "id": "nickname",
+            "url": "http://example.org/SearchParameter/patient-nickname",
+            "name": "nickname",
+            "status": "active",
+            "description": "a nickname",
+            "code": "nickname",
+            "base": ["Patient"],
+            "type": "string",
+            "expression": "Patient.name.given",
+        }
+        async with store.unit_of_work() as uow:
+            await uow.put(
+                NewVersion(
+                    "SearchParameter",
+                    "nickname",
+                    1,
+                    "2024-01-01T00:00:00Z",
+                    "create",
+                    jsonio.dumps(nickname),
+                    nickname,
+                )
+            )
+            r = {"resourceType": "Patient", "id": "n1", "name": [{"given": ["Bob"]}]}
+            await uow.put(
+                NewVersion("Patient", "n1", 1, "2024-01-01T00:00:00Z", "create", jsonio.dumps(r), r)
+            )
+        assert await _ids(store, [("nickname", "bo")]) == ["n1"]
+        await store.close()
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA user_version = 1")
+        conn.close()
+        # a new process: only the official parameters until the store is opened
+        registries.use(registries.Registry.from_definitions(definitions.search_parameters()))
+        store = SqliteStore(str(path))
+        await store.open()
+        try:
+            assert await _ids(store, [("nickname", "bo")]) == ["n1"]
+        finally:
+            await store.close()
+    finally:
+        registries.use(official)
+
+
 async def test_a_newer_layout_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite"
     store = SqliteStore(str(path))

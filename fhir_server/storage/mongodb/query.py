@@ -498,28 +498,56 @@ def sort_expression(key: SortKey) -> Any:
     }
 
 
-def encode_cursor(direction: str, sort_keys: Sequence[Any], seq: int) -> str:
-    raw = json.dumps([direction, list(sort_keys), seq], separators=(",", ":")).encode()
+def encode_cursor(
+    direction: str, sort_keys: Sequence[Any], seq: int, total: int | None = None
+) -> str:
+    """The opaque paging token: direction, the boundary row's sort keys and ``seq``, and
+    the total reported on the first page (if any), which later pages report again."""
+    items: list[Any] = [direction, list(sort_keys), seq]
+    if total is not None:
+        items.append(total)
+    raw = json.dumps(items, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, nkeys: int) -> tuple[str, list[Any], int]:
+def _decode(cursor: str, nkeys: int) -> tuple[str, list[Any], int, int | None]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        direction, sort_keys, seq = json.loads(raw)
+        items = json.loads(raw)
+        if not isinstance(items, list) or len(items) not in (3, 4):
+            raise ValueError
+        direction, sort_keys, seq = items[:3]
+        total = items[3] if len(items) == 4 else None
     except (ValueError, TypeError):
         raise bad_request("Invalid paging cursor", "_cursor") from None
     if (
         direction not in ("n", "p")
         or not isinstance(sort_keys, list)
         or len(sort_keys) != nkeys
-        or not isinstance(seq, int)
-        or isinstance(seq, bool)
+        or not _is_int(seq)
+        or not (total is None or (_is_int(total) and total >= 0))
         or not all(k is None or isinstance(k, str | int | float) for k in sort_keys)
         or any(isinstance(k, bool) for k in sort_keys)
     ):
         raise bad_request("Invalid paging cursor", "_cursor")
+    return direction, sort_keys, seq, total
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode_cursor(cursor: str, nkeys: int) -> tuple[str, list[Any], int]:
+    """(direction, sort keys, seq) of a paging token; a 400 if it is not one."""
+    direction, sort_keys, seq, _ = _decode(cursor, nkeys)
     return direction, sort_keys, seq
+
+
+def carried_total(query: SearchQuery) -> int | None:
+    """The total the query's paging cursor carries from the first page (None: none)."""
+    if query.cursor is None:
+        return None
+    return _decode(query.cursor, len(query.sort))[3]
 
 
 def _order(descs: Sequence[bool]) -> list[tuple[str, bool]]:
@@ -597,5 +625,5 @@ def page_pipeline(query: SearchQuery, match: Document, extra_fields: Sequence[st
     return Page(pipeline, forward, query.cursor is not None)
 
 
-def cursor_of(doc: Document, nkeys: int, direction: str) -> str:
-    return encode_cursor(direction, [doc.get(f"_k{i}") for i in range(nkeys)], doc["seq"])
+def cursor_of(doc: Document, nkeys: int, direction: str, total: int | None = None) -> str:
+    return encode_cursor(direction, [doc.get(f"_k{i}") for i in range(nkeys)], doc["seq"], total)

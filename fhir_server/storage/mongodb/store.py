@@ -432,13 +432,19 @@ class MongoStore:
             docs = docs[: query.count]
             if not page.forward:
                 docs.reverse()
+        # counted on the first page only and carried in the cursors: later pages report
+        # the total as of the first page (Bundle.total: when the search was executed)
         total: int | None = None
         if query.total != "none":
-            if query.cursor is None and not more and query.count > 0:
+            if query.cursor is not None:
+                total = mq.carried_total(query)
+                if total is None and query.total == "accurate":  # a cursor without one
+                    total = int(await self.resources.count_documents(match))
+            elif not more and query.count > 0:
                 total = len(docs)
             elif query.total == "accurate":
                 total = int(await self.resources.count_documents(match))
-            elif query.cursor is None:
+            else:
                 # estimate (the default): exact while cheap, nothing beyond the cap
                 capped = int(await self.resources.count_documents(match, limit=ESTIMATE_CAP + 1))
                 total = capped if capped <= ESTIMATE_CAP else None
@@ -446,9 +452,9 @@ class MongoStore:
         if docs and page is not None:
             forward, paged = page.forward, page.has_cursor
             if (forward and more) or (not forward and paged):
-                next_cursor = mq.cursor_of(docs[-1], nkeys, "n")
+                next_cursor = mq.cursor_of(docs[-1], nkeys, "n", total)
             if (forward and paged) or (not forward and more):
-                previous_cursor = mq.cursor_of(docs[0], nkeys, "p")
+                previous_cursor = mq.cursor_of(docs[0], nkeys, "p", total)
         return SearchResult(
             matches=[Hit(d["t"], d["i"], bytes(d["c"]), "match") for d in docs],
             includes=await self._includes(query, docs),

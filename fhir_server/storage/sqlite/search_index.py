@@ -44,11 +44,25 @@ subqueries on the resource's rowid range. Every value is a bound parameter;
 nothing from the request is ever formatted into SQL text (table and column names come
 from fixed tables in this module).
 
+Date windows: single-value clauses on one date parameter (``date=ge<day>&date=lt<day
++1>``) are searched as one condition on one index row (:class:`DateWindow`), a bounded
+range of the ``(param, lo, hi)`` index, when no resource has several rows of the
+parameter; ``idx_date_stats`` keeps, per parameter, that fact and the widest finite
+range, which bounds ``lo`` from below. Each clause on its own would be a scan of about
+half of the parameter's rows.
+
+Totals (``_total``): counted on the first page only, by reading the driving clause's
+index rows and stopping at :data:`~fhir_server.search.query.ESTIMATE_CAP` for an
+estimate (a query of one clause on the searched type's parameter: the covering index
+alone). Later pages report the first page's total, carried in the cursor.
+
 Order and paging: results are ordered by the ``_sort`` keys (missing values last),
 then by ``rid`` -- without ``_sort``, by ``rid`` alone, i.e. in order of creation
 (stable while resources are updated). Pages are cut by keyset (``after the last row
 of the previous page``), never by OFFSET, so paging stays correct and fast while data
-changes; the cursor is an opaque token holding the boundary row's keys.
+changes; the cursor is an opaque token holding the boundary row's keys and, from the
+first page, the total and the clause estimates (so later pages neither count nor
+estimate again).
 """
 
 from __future__ import annotations
@@ -63,11 +77,10 @@ from typing import Any
 
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.search import fulltext, parser, values
-from fhir_server.search.extract import IndexEntries, extract, extract_param
+from fhir_server.search.extract import DateRow, IndexEntries, extract, extract_param
 from fhir_server.search.query import (
     ESTIMATE_CAP,
     ChainCond,
-    Clause,
     CompositeCond,
     Condition,
     DateCond,
@@ -109,6 +122,11 @@ CREATE TABLE IF NOT EXISTS idx_date (
     grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_date_lo ON idx_date (param, lo, hi, rid);
 CREATE INDEX IF NOT EXISTS idx_date_hi ON idx_date (param, hi, lo, rid);
+-- per date parameter key: the widest finite range of its rows (hi - lo, rows open at
+-- either end left out) and whether some resource has several rows (multi), only ever
+-- raised, by the writes (see _note_dates)
+CREATE TABLE IF NOT EXISTS idx_date_stats (
+    param INTEGER PRIMARY KEY, span INTEGER NOT NULL, multi INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idx_number (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
     grp INTEGER);
@@ -196,8 +214,8 @@ def _in(column: str, items: Sequence[Any], args: list[Any]) -> str:
 
 
 # Version of the index layout, kept in ``PRAGMA user_version``. 2: rows addressed by
-# rowid range (no ``(rid, param)`` indexes).
-LAYOUT = 2
+# rowid range (no ``(rid, param)`` indexes); 3: ``idx_date_stats``.
+LAYOUT = 3
 SPAN = 1 << 20  # rowids per resource and table: row i of resource rid is rid * SPAN + i
 
 
@@ -226,8 +244,27 @@ def create_schema(conn: sqlite3.Connection) -> int:
             f"the database's index layout {layout} is newer than this server's ({LAYOUT})"
         )
     conn.execute("BEGIN IMMEDIATE")
+    if layout == 2:
+        # the rows are right; only the date statistics are new
+        try:
+            conn.execute("DROP TABLE IF EXISTS idx_date_stats")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO idx_date_stats (param, span, multi)"
+                " SELECT param, max(CASE WHEN lo > ? AND hi < ? THEN hi - lo ELSE 0 END),"
+                " count(*) > count(DISTINCT rid) FROM idx_date GROUP BY param",
+                (values.MIN_TIME, values.MAX_TIME),
+            )
+            conn.execute(f"PRAGMA user_version = {LAYOUT}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return 0
     try:
-        for table in (*TABLES, "idx_fulltext"):
+        for table in (*TABLES, "idx_date_stats", "idx_fulltext"):
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in SCHEMA.split(";"):
             if statement.strip():
@@ -299,6 +336,28 @@ def _insert(
             f"INSERT INTO {table} (rowid, rid, param, {columns}) VALUES ({marks})",
             [(base + i, rid, k(resource_type, c), *rest) for i, (c, *rest) in enumerate(values)],
         )
+    if entries.dates:
+        _note_dates(conn, resource_type, entries.dates)
+
+
+def _note_dates(conn: sqlite3.Connection, resource_type: str, rows: Iterable[DateRow]) -> None:
+    """Raise the ``idx_date_stats`` of the parameters of one resource's date rows (all
+    of its rows of each parameter): the widest finite range, and whether it has several
+    rows of a parameter. Figures are never lowered (deletes and updates leave them), so
+    they bound every row there is; see :func:`_window_parts`."""
+    seen: dict[str, tuple[int, int]] = {}  # code -> (rows, widest finite span)
+    for code, lo, hi, _ in rows:
+        n, span = seen.get(code, (0, 0))
+        if lo > values.MIN_TIME and hi < values.MAX_TIME:
+            span = max(span, hi - lo)
+        seen[code] = (n + 1, span)
+    conn.executemany(
+        "INSERT INTO idx_date_stats (param, span, multi) VALUES (?, ?, ?)"
+        " ON CONFLICT (param) DO UPDATE SET span = max(span, excluded.span),"
+        " multi = max(multi, excluded.multi)"
+        " WHERE excluded.span > span OR excluded.multi > multi",
+        [(_key(resource_type, c), span, int(n > 1)) for c, (n, span) in seen.items()],
+    )
 
 
 # --------------------------------------------------------------------------- conditions
@@ -375,7 +434,9 @@ def _row_filter(
         return table, sql
     if isinstance(cond, DateCond):
         sql = _in(f"{a}.param", _keys(cond.param), args)
-        return "idx_date", f"{sql} AND " + _range_sql(cond.prefix, a, cond.lo, cond.hi, args)
+        return "idx_date", f"{sql} AND " + _range_sql(
+            cond.prefix, f"{a}.lo", f"{a}.hi", cond.lo, cond.hi, args
+        )
     if isinstance(cond, NumberCond):
         table = "idx_quantity" if cond.param.type == "quantity" else "idx_number"
         sql = _in(f"{a}.param", _keys(cond.param), args)
@@ -418,9 +479,9 @@ def _uri_prefixes(uri: str) -> list[str]:
     return out
 
 
-def _range_sql(prefix: str, a: str, plo: int, phi: int, args: list[Any]) -> str:
-    """Date prefixes over the target range [lo, hi] and the search range [plo, phi]."""
-    lo, hi = f"{a}.lo", f"{a}.hi"
+def _range_sql(prefix: str, lo: str, hi: str, plo: int, phi: int, args: list[Any]) -> str:
+    """Date prefixes over the target range [lo, hi] (SQL expressions) and the search
+    range [plo, phi]."""
     if prefix == "eq":
         # lo <= hi <= phi: a closed range on the lo index
         args.extend((plo, phi, phi))
@@ -485,9 +546,12 @@ def _local(a: str, base: str | None, args: list[Any]) -> str:
     return f"({a}.url IS NULL OR {a}.url = ? || {a}.type || '/' || {a}.id)"
 
 
-def _rid_set(cond: Condition, args: list[Any], base: str | None) -> tuple[str, bool]:
+def _rid_set(cond: _Cond, args: list[Any], base: str | None) -> tuple[str, bool]:
     """A ``SELECT rid ...`` for the resources a condition matches, and whether the
     condition is negated (the resource must NOT be in that set)."""
+    if isinstance(cond, DateWindow):
+        scans = _window_parts(cond, "x", args)
+        return " UNION ALL ".join(f"SELECT x.rid FROM idx_date x WHERE {w}" for w in scans), False
     if isinstance(cond, TokenCond) and cond.negate:
         positive = dataclasses.replace(cond, negate=False)
         sub, _ = _rid_set(positive, args, base)
@@ -554,7 +618,7 @@ def _fts_query(cond: TextCond) -> str:
 
 
 def _or_sql(
-    conds: Sequence[Condition], alias: str, args: list[Any], base: str | None
+    conds: Sequence[_Cond], alias: str, args: list[Any], base: str | None
 ) -> tuple[str, str]:
     """SQL boolean over resource alias ``alias``: any of ``conds`` holds; and how it
     can drive a search: ``rid`` (one ``rid IN`` set), ``id`` (logical ids) or ``""``."""
@@ -588,32 +652,196 @@ _SIMPLE = (StringCond, TokenCond, ReferenceCond, DateCond, NumberCond, UriCond)
 BROAD = 4000
 
 
-def _probeable(clause: Clause) -> bool:
+# ----------------------------------------------------------------- date windows
+
+
+# prefixes whose single-value clauses on one date parameter are combined into a window
+_WINDOW_PREFIXES = frozenset(("eq", "ge", "gt", "le", "lt", "sa", "eb"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DateWindow:
+    """Several single-value date clauses on one parameter (``date=ge2024-01-01&
+    date=lt2024-01-02``), searched as ONE condition on one index row: all of ``conds``
+    hold for the same ``[lo, hi]`` row. That is the same as each clause holding for
+    some row only when no resource has two rows of the parameter, which
+    ``idx_date_stats`` tells (:func:`plan` combines clauses only then). ``span``: the
+    widest finite range among the parameter's rows, which bounds ``lo`` from below
+    (:func:`_window_parts`)."""
+
+    param: Param
+    conds: tuple[DateCond, ...]
+    span: int
+
+
+_Cond = Condition | DateWindow
+_Clause = tuple[_Cond, ...]
+
+
+def _window_filter(w: DateWindow, lo: str, hi: str, args: list[Any]) -> str:
+    """SQL: a row ``[lo, hi]`` (SQL expressions) matches every condition of ``w``."""
+    return " AND ".join(_range_sql(c.prefix, lo, hi, c.lo, c.hi, args) for c in w.conds)
+
+
+def _window_parts(w: DateWindow, a: str, args: list[Any]) -> list[str]:
+    """The WHERE of each index range scan that together find the rows matching ``w``
+    (no row in two of them).
+
+    The conditions bound ``lo`` from above (``eq le lt``) and from below (``eq sa``),
+    and ``hi`` from below (``ge gt``). A row of finite range has ``lo >= hi - span``,
+    so a lower bound ``h`` on ``hi`` becomes ``lo >= h - span``: one bounded scan of
+    the ``(param, lo, hi)`` index instead of everything before the window's end and
+    everything after its start. Rows open at the end (``hi`` = MAX_TIME, e.g. a Period
+    without end) below that bound and rows open at the start (``lo`` = MIN_TIME) are
+    two more short scans, of the ``(param, hi, lo)`` and ``(param, lo, hi)`` indexes.
+    The conditions themselves are written on ``+lo``/``+hi`` (checked in the covering
+    index, not usable to pick it) so that SQLite scans by the bounds given here.
+    """
+    lo_min: list[int] = []
+    lo_max: list[int] = []
+    hi_min: list[int] = []
+    for c in w.conds:
+        if c.prefix == "eq":  # plo <= lo and hi <= phi (and lo <= phi, see _range_sql)
+            lo_min.append(c.lo)
+            lo_max.append(c.hi)
+        elif c.prefix == "sa":  # lo > phi
+            lo_min.append(c.hi + 1)
+        elif c.prefix == "le":  # lo <= phi
+            lo_max.append(c.hi)
+        elif c.prefix == "lt":  # lo < plo
+            lo_max.append(c.lo - 1)
+        elif c.prefix == "ge":  # hi >= plo
+            hi_min.append(c.lo)
+        elif c.prefix == "gt":  # hi > phi
+            hi_min.append(c.hi + 1)
+    floor = max(lo_min) if lo_min else None
+    ceiling = min(lo_max) if lo_max else None
+    keys = _keys(w.param)
+    lo, hi = f"{a}.lo", f"{a}.hi"
+    if hi_min and (floor is None or max(hi_min) - w.span > floor):
+        bound = max(hi_min) - w.span
+        if bound > values.MIN_TIME:
+            parts = []
+            sql = _in(f"{a}.param", keys, args)
+            args.append(bound)
+            sql += f" AND {lo} >= ?"
+            if ceiling is not None:
+                args.append(ceiling)
+                sql += f" AND {lo} <= ?"
+            parts.append(sql + " AND " + _window_filter(w, f"+{lo}", f"+{hi}", args))
+            # open at the end, starting before the bound
+            sql = _in(f"{a}.param", keys, args)
+            args.extend((values.MAX_TIME, values.MIN_TIME, bound))
+            sql += f" AND {hi} = ? AND {lo} > ? AND {lo} < ?"
+            parts.append(sql + " AND " + _window_filter(w, f"+{lo}", f"+{hi}", args))
+            # open at the start
+            sql = _in(f"{a}.param", keys, args)
+            args.append(values.MIN_TIME)
+            sql += f" AND {lo} = ?"
+            parts.append(sql + " AND " + _window_filter(w, f"+{lo}", f"+{hi}", args))
+            return parts
+    if floor is None and ceiling is None:
+        # only lower bounds on hi, and no useful span: let SQLite pick the index
+        sql = _in(f"{a}.param", keys, args)
+        return [sql + " AND " + _window_filter(w, lo, hi, args)]
+    sql = _in(f"{a}.param", keys, args)
+    if floor is not None:
+        args.append(floor)
+        sql += f" AND {lo} >= ?"
+    if ceiling is not None:
+        args.append(ceiling)
+        sql += f" AND {lo} <= ?"
+    return [sql + " AND " + _window_filter(w, f"+{lo}", f"+{hi}", args)]
+
+
+def _combine_dates(conn: sqlite3.Connection, query: SearchQuery) -> tuple[_Clause, ...]:
+    """The query's clauses, with the single-value date clauses on one parameter made
+    one :class:`DateWindow` (in place of the first of them) where that is exact."""
+    found: dict[Param, list[tuple[int, DateCond]]] = {}
+    for i, clause in enumerate(query.clauses):
+        if len(clause) == 1:
+            cond = clause[0]
+            if isinstance(cond, DateCond) and cond.prefix in _WINDOW_PREFIXES:
+                found.setdefault(cond.param, []).append((i, cond))
+    groups = {p: group for p, group in found.items() if len(group) > 1}
+    clauses: list[_Clause] = list(query.clauses)
+    if not groups:
+        return tuple(clauses)
+    keys = sorted({k for p in groups for k in _keys(p)})
+    args: list[Any] = []
+    stats: dict[int, tuple[int, int]] = {
+        row[0]: (row[1], row[2])
+        for row in conn.execute(
+            f"SELECT param, span, multi FROM idx_date_stats WHERE {_in('param', keys, args)}",
+            args,
+        )
+    }
+    dropped: set[int] = set()
+    for p, group in groups.items():
+        figures = [stats[k] for k in _keys(p) if k in stats]
+        if any(multi for _, multi in figures):
+            continue  # some resource has several values: each clause on its own
+        span = max((s for s, _ in figures), default=0)
+        clauses[group[0][0]] = (DateWindow(p, tuple(c for _, c in group), span),)
+        dropped.update(i for i, _ in group[1:])
+    return tuple(c for i, c in enumerate(clauses) if i not in dropped)
+
+
+# ----------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """How a query is run: its clauses as searched (date windows combined) and, for each
+    single-condition clause (by position in ``clauses``), how many index rows match it,
+    counted up to :data:`BROAD`."""
+
+    clauses: tuple[_Clause, ...]
+    est: dict[int, int]
+
+
+def _probeable(clause: _Clause) -> bool:
     """A clause of one positive value condition on one index table."""
     if len(clause) != 1:
         return False
     cond = clause[0]
+    if isinstance(cond, DateWindow):
+        return True
     return isinstance(cond, _SIMPLE) and not (isinstance(cond, TokenCond) and cond.negate)
 
 
-def estimates(conn: sqlite3.Connection, query: SearchQuery) -> dict[int, int]:
-    """For each single-condition clause (by position): how many index rows match it,
-    counted up to :data:`BROAD` (a covering index range; cheap even when broad)."""
-    out: dict[int, int] = {}
-    for i, clause in enumerate(query.clauses):
+def plan(conn: sqlite3.Connection, query: SearchQuery, est: dict[int, int] | None = None) -> Plan:
+    """Combine date windows and estimate the single-condition clauses (each a covering
+    index range, counted up to :data:`BROAD`: cheap even when broad). ``est``: the
+    estimates of an earlier page of the same search, used if they fit the clauses."""
+    clauses = _combine_dates(conn, query) if len(query.clauses) > 1 else query.clauses
+    if est is not None and sorted(est) == [
+        i for i, clause in enumerate(clauses) if _probeable(clause)
+    ]:
+        return Plan(clauses, est)
+    est = {}
+    for i, clause in enumerate(clauses):
         if _probeable(clause):
             args: list[Any] = []
-            table, where = _row_filter(clause[0], "x", args, query.base_url)
-            row = conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {table} x WHERE {where} LIMIT ?)",
-                [*args, BROAD],
-            ).fetchone()
-            out[i] = int(row[0])
-    return out
+            sub, _ = _rid_set(clause[0], args, query.base_url)
+            row = conn.execute(f"SELECT count(*) FROM ({sub} LIMIT ?)", [*args, BROAD]).fetchone()
+            est[i] = int(row[0])
+    return Plan(clauses, est)
 
 
-def _probes(query: SearchQuery, est: dict[int, int] | None, walk: bool) -> set[int]:
-    """The clauses to check per candidate (EXISTS on the ``(rid, param)`` index) rather
+def estimates(conn: sqlite3.Connection, query: SearchQuery) -> dict[int, int]:
+    """:attr:`Plan.est` of the query (by position among the planned clauses, which are
+    the query's unless date clauses were combined)."""
+    return plan(conn, query).est
+
+
+def _driver(p: Plan) -> int | None:
+    """The clause to drive from: the most selective single-condition one."""
+    return min(p.est, key=lambda i: (p.est[i], i)) if p.est else None
+
+
+def _probes(query: SearchQuery, p: Plan, walk: bool) -> set[int]:
+    """The clauses to check per candidate (EXISTS on the resource's rowid range) rather
     than as a materialised ``rid IN`` set.
 
     SQLite materialises every ``rid IN (...)`` set, so a broad clause next to a
@@ -623,40 +851,52 @@ def _probes(query: SearchQuery, est: dict[int, int] | None, walk: bool) -> set[i
     clause is broad and ``walk`` (a page without ``_sort``): all are probes and the
     search walks the type's resources in rid order, stopping at the page's end.
     """
-    if not est:
+    driver = _driver(p)
+    if driver is None:
         return set()
     others = any(
         _or_sql(clause, "r", [], query.base_url)[1]
-        for i, clause in enumerate(query.clauses)
-        if i not in est
+        for i, clause in enumerate(p.clauses)
+        if i not in p.est
     )
-    driver = min(est, key=lambda i: (est[i], i))
-    if est[driver] >= BROAD and (walk or others):
-        return set(est)
-    return set(est) - {driver}
+    if p.est[driver] >= BROAD and (walk or others):
+        return set(p.est)
+    return set(p.est) - {driver}
 
 
-def _exists(cond: Condition, args: list[Any], base: str | None) -> str:
-    table, where = _row_filter(cond, "x", args, base)
+def _exists(cond: _Cond, args: list[Any], base: str | None) -> str:
+    if isinstance(cond, DateWindow):
+        table = "idx_date"
+        where = _in("x.param", _keys(cond.param), args)
+        where += " AND " + _window_filter(cond, "x.lo", "x.hi", args)
+    else:
+        table, where = _row_filter(cond, "x", args, base)
     return f"EXISTS (SELECT 1 FROM {table} x NOT INDEXED WHERE {owned('x', 'r.rid')} AND {where})"
 
 
 def _where(
     query: SearchQuery,
     args: list[Any],
-    est: dict[int, int] | None = None,
+    p: Plan | None = None,
     walk: bool = False,
+    driven_by: int | None = None,
 ) -> str:
     """The WHERE of the match statement over ``resource r``.
 
     When a clause is a set of rids from an index, the type test is written ``+r.type``
     so that SQLite drives the search from that set rather than from the type's rows.
-    ``est``: clause estimates (:func:`estimates`), to pick the driving clause.
+    ``p``: the plan (:func:`plan`: combined clauses and estimates, to pick the driving
+    clause); without it the query's clauses, each a set. ``driven_by``: the statement
+    reads the matches of this clause itself (joining ``resource r`` to them), so it is
+    left out here and every other single-condition clause is a probe.
     """
+    p = p or Plan(query.clauses, {})
     parts = ["r.content IS NOT NULL"]
     kinds: set[str] = set()
-    probes = _probes(query, est, walk)
-    for i, clause in enumerate(query.clauses):
+    probes = set(p.est) - {driven_by} if driven_by is not None else _probes(query, p, walk)
+    for i, clause in enumerate(p.clauses):
+        if i == driven_by:
+            continue
         if i in probes:
             parts.append(_exists(clause[0], args, query.base_url))
             continue
@@ -667,6 +907,53 @@ def _where(
         column = "+r.type" if "rid" in kinds and "id" not in kinds else "r.type"
         parts.append(_in(column, query.resource_types, args))
     return " AND ".join(parts)
+
+
+def _index_only(query: SearchQuery, cond: _Cond) -> bool:
+    """Whether every index row of the condition's parameter belongs to a current
+    resource of a searched type: the rows of deleted resources are removed, and the
+    parameter's keys are per type (not ``*``) for types that are searched."""
+    if not isinstance(cond, (*_SIMPLE, DateWindow)):
+        return False
+    param = cond.param
+    if not param.resource_types:
+        return not query.resource_types
+    if query.resource_types and not set(param.resource_types) <= set(query.resource_types):
+        return False
+    return all(_key(t, param.code) == _hash_key(t, param.code) for t in param.resource_types)
+
+
+def _count_sql(query: SearchQuery, p: Plan, args: list[Any], cap: int | None) -> str:
+    """The statement counting the matches (all of them, or up to ``cap + 1``).
+
+    With a single-condition clause to drive from, the count reads that clause's index
+    rows and stops at the cap: no ``rid IN`` set of every match is built first. A query
+    of that one clause on a parameter of the searched type is counted on the covering
+    index alone (its rows are those of current resources of the type); otherwise each
+    row's resource is looked up by rowid and the other clauses probed.
+    """
+    driver = _driver(p)
+    limit = ""
+    if driver is None:
+        where = _where(query, args, p)
+        if cap is not None:
+            args.append(cap + 1)
+            return f"SELECT count(*) FROM (SELECT 1 FROM resource r WHERE {where} LIMIT ?)"
+        return f"SELECT count(*) FROM resource r WHERE {where}"
+    cond = p.clauses[driver][0]
+    sub, _ = _rid_set(cond, args, query.base_url)
+    if len(p.clauses) == 1 and _index_only(query, cond):
+        inner = f"SELECT DISTINCT hit.rid FROM ({sub}) hit"
+    else:
+        where = _where(query, args, p, driven_by=driver)
+        inner = (
+            f"SELECT DISTINCT hit.rid FROM ({sub}) hit"
+            f" CROSS JOIN resource r ON r.rid = hit.rid WHERE {where}"
+        )
+    if cap is not None:
+        args.append(cap + 1)
+        limit = " LIMIT ?"
+    return f"SELECT count(*) FROM ({inner}{limit})"
 
 
 # --------------------------------------------------------------------------- sorting
@@ -695,27 +982,55 @@ def _sort_expr(key: SortKey, args: list[Any]) -> str:
     return f"(SELECT {agg}({column}) FROM {table} s NOT INDEXED WHERE {owned('s', 'r.rid')} AND {where})"
 
 
-def _encode_cursor(direction: str, keys: Sequence[Any], rid: int) -> str:
-    raw = json.dumps([direction, list(keys), rid], separators=(",", ":")).encode()
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Cursor:
+    """What a paging token holds: the direction, the boundary row's sort keys and rid;
+    and from the first page, the total it reported (later pages report it again) and
+    the plan's estimates (:attr:`Plan.est`; later pages drive the search the same way
+    without counting index rows again)."""
+
+    direction: str
+    keys: list[Any]
+    rid: int
+    total: int | None = None
+    est: dict[int, int] | None = None
+
+
+def _encode_cursor(c: _Cursor) -> str:
+    items: list[Any] = [c.direction, list(c.keys), c.rid, c.total]
+    if c.est is not None:
+        items.append(sorted(c.est.items()))
+    raw = json.dumps(items, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, nkeys: int) -> tuple[str, list[Any], int]:
+def _decode_cursor(cursor: str, nkeys: int) -> _Cursor:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        direction, keys, rid = json.loads(raw)
+        items = json.loads(raw)
+        if not isinstance(items, list) or not 3 <= len(items) <= 5:
+            raise ValueError
+        direction, keys, rid = items[:3]
+        total = items[3] if len(items) > 3 else None
+        pairs = items[4] if len(items) > 4 else None
+        est = None if pairs is None else {int(i): int(n) for i, n in pairs}
     except (ValueError, TypeError):
         raise bad_request("Invalid paging cursor", "_cursor") from None
     if (
         direction not in ("n", "p")
         or not isinstance(keys, list)
         or len(keys) != nkeys
-        or not isinstance(rid, int)
-        or isinstance(rid, bool)
+        or not _is_int(rid)
+        or not (total is None or (_is_int(total) and total >= 0))
+        or not (pairs is None or all(_is_int(i) and _is_int(n) for i, n in pairs))
         or not all(k is None or isinstance(k, str | int | float) for k in keys)
     ):
         raise bad_request("Invalid paging cursor", "_cursor")
-    return direction, keys, rid
+    return _Cursor(direction, keys, rid, total, est)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _keyset(
@@ -846,14 +1161,32 @@ def _include_sql(
 
 
 def search(conn: sqlite3.Connection, query: SearchQuery) -> SearchResult:
-    """Run a parsed search: one page of matches (and includes), the total, cursors."""
-    est = estimates(conn, query) if len(query.clauses) > 0 else {}
+    """Run a parsed search: one page of matches (and includes), the total, cursors.
+
+    Its statements read one snapshot (a read transaction, unless ``conn`` is in one).
+
+    The total is counted on the first page only (``_total=estimate``: up to
+    :data:`~fhir_server.search.query.ESTIMATE_CAP`) and carried in the paging cursors,
+    so later pages report the count as of the first page -- Bundle.total is the
+    number of matches "when the search was executed" -- and never count again.
+    """
+    if conn.in_transaction:
+        return _search(conn, query)
+    conn.execute("BEGIN")
+    try:
+        return _search(conn, query)
+    finally:
+        conn.execute("COMMIT")
+
+
+def _search(conn: sqlite3.Connection, query: SearchQuery) -> SearchResult:
+    nkeys = len(query.sort)
+    came = None if query.cursor is None else _decode_cursor(query.cursor, nkeys)
+    p = plan(conn, query, came.est if came else None)
     sort_args: list[Any] = []
     sort_exprs = [_sort_expr(k, sort_args) for k in query.sort]
-    where_args: list[Any] = []
-    where = _where(query, where_args, est)
     page_args: list[Any] = []
-    page_where = _where(query, page_args, est, walk=not query.sort)
+    page_where = _where(query, page_args, p, walk=not query.sort)
     inner_args = sort_args + page_args
     selected = "".join(f", {e} AS k{i}" for i, e in enumerate(sort_exprs))
     inner = (
@@ -865,9 +1198,9 @@ def search(conn: sqlite3.Connection, query: SearchQuery) -> SearchResult:
     direction = "n"
     keyset = ""
     keyset_args: list[Any] = []
-    if query.cursor is not None:
-        direction, keys, boundary = _decode_cursor(query.cursor, len(sort_exprs))
-        keyset, keyset_args = _keyset(descs, keys, boundary, direction == "n")
+    if came is not None:
+        direction = came.direction
+        keyset, keyset_args = _keyset(descs, came.keys, came.rid, direction == "n")
     forward = direction == "n"
 
     def order(reverse: bool) -> str:
@@ -892,23 +1225,26 @@ def search(conn: sqlite3.Connection, query: SearchQuery) -> SearchResult:
         rows = rows[: query.count]
         if not forward:
             rows.reverse()
+
+    def count(cap: int | None) -> int | None:
+        """The number of matches; None if over ``cap``."""
+        args: list[Any] = []
+        (n,) = conn.execute(_count_sql(query, p, args, cap), args).fetchone()
+        return None if cap is not None and n > cap else int(n)
+
     if query.total != "none":
-        if query.cursor is None and not more and query.count > 0:
+        if came is not None:
+            total = came.total  # as of the first page
+            if total is None and query.total == "accurate":  # a cursor without one
+                total = count(None)
+        elif not more and query.count > 0:
             total = len(rows)
-        elif query.total == "accurate":
-            total = conn.execute(
-                f"SELECT count(*) FROM resource r WHERE {where}", where_args
-            ).fetchone()[0]
-        elif query.cursor is None:
-            # estimate: exact while cheap (first page only), nothing beyond the cap
-            capped = conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM resource r WHERE {where} LIMIT ?)",
-                [*where_args, ESTIMATE_CAP + 1],
-            ).fetchone()[0]
-            total = capped if capped <= ESTIMATE_CAP else None
+        else:
+            # estimate: exact up to the cap, nothing beyond it
+            total = count(ESTIMATE_CAP if query.total == "estimate" else None)
 
     def cursor_of(row: Any, d: str) -> str:
-        return _encode_cursor(d, list(row[4:]), row[0])
+        return _encode_cursor(_Cursor(d, list(row[4:]), row[0], total, p.est or None))
 
     next_cursor = previous_cursor = None
     if rows:
@@ -940,7 +1276,7 @@ def search_ids(
     """
     query = parser.parse(resource_type, params, registry=registry(), base_url=base_url, strict=True)
     args: list[Any] = []
-    where = _where(query, args, estimates(conn, query))
+    where = _where(query, args, plan(conn, query))
     rows = conn.execute(f"SELECT r.id FROM resource r WHERE {where} ORDER BY r.rid", args)
     return [r[0] for r in rows]
 
@@ -948,25 +1284,26 @@ def search_ids(
 def explain(conn: sqlite3.Connection, query: SearchQuery) -> list[str]:
     """SQLite's query plan for the match statement of a query (diagnostics, tests)."""
     args: list[Any] = []
-    where = _where(query, args, estimates(conn, query))
+    where = _where(query, args, plan(conn, query))
     rows = conn.execute(f"EXPLAIN QUERY PLAN SELECT r.rid FROM resource r WHERE {where}", args)
     return [str(r[-1]) for r in rows]
 
 
 def explain_all(conn: sqlite3.Connection, query: SearchQuery) -> dict[str, list[str]]:
     """Query plans of every statement a search runs: ``page`` (with ``_sort`` keys,
-    as for the first page), ``count`` and one per ``_include``/``_revinclude`` (over
-    the first page's matches, or made-up ones when there are none)."""
-    est = estimates(conn, query)
+    as for the first page), ``count`` (as the query's ``_total`` counts on the first
+    page) and one per ``_include``/``_revinclude`` (over the first page's matches, or
+    made-up ones when there are none)."""
+    p = plan(conn, query)
 
-    def plan(sql: str, args: Sequence[Any]) -> list[str]:
+    def explained(sql: str, args: Sequence[Any]) -> list[str]:
         return [str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", list(args))]
 
     sort_args: list[Any] = []
     sort_exprs = [_sort_expr(k, sort_args) for k in query.sort]
     selected = "".join(f", {e} AS k{i}" for i, e in enumerate(sort_exprs))
     page_args: list[Any] = []
-    page_where = _where(query, page_args, est, walk=not query.sort)
+    page_where = _where(query, page_args, p, walk=not query.sort)
     order = ", ".join(
         [f"k{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(query.sort)]
         + ["r_rid"]
@@ -976,10 +1313,11 @@ def explain_all(conn: sqlite3.Connection, query: SearchQuery) -> dict[str, list[
         f" WHERE {page_where}) ORDER BY {order} LIMIT ?"
     )
     count_args: list[Any] = []
-    count = f"SELECT count(*) FROM resource r WHERE {_where(query, count_args, est)}"
+    cap = ESTIMATE_CAP if query.total == "estimate" else None
+    count = _count_sql(query, p, count_args, cap)
     out = {
-        "page": plan(page, [*sort_args, *page_args, query.count + 1]),
-        "count": plan(count, count_args),
+        "page": explained(page, [*sort_args, *page_args, query.count + 1]),
+        "count": explained(count, count_args),
     }
     rows = conn.execute(page, [*sort_args, *page_args, query.count + 1]).fetchall()
     frontier = [(r[0], r[1], r[2]) for r in rows] or [
@@ -988,7 +1326,7 @@ def explain_all(conn: sqlite3.Connection, query: SearchQuery) -> dict[str, list[
     for n, inc in enumerate(query.includes):
         statement = _include_sql(inc, frontier, query.base_url)
         if statement is not None:
-            out[f"include {n}"] = plan(*statement)
+            out[f"include {n}"] = explained(*statement)
     return out
 
 

@@ -237,15 +237,16 @@ class SqliteStore:
     async def open(self) -> None:
         self._writer = connect(self.path)
         self._writer.executescript(SCHEMA)
+        # custom SearchParameters stored earlier are known again (their rows exist), and
+        # before a rebuild of the index of an older layout, which indexes them too
+        for (content,) in self._writer.execute(
+            "SELECT content FROM resource WHERE type = 'SearchParameter' AND content IS NOT NULL"
+        ).fetchall():
+            search_index.registry().add(jsonio.loads(content))
         search_index.create_schema(self._writer)
         self._writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_SAFETY_PAGES}")
         self._checkpointer = _Checkpointer(self.path)
         self._reader = connect(self.path)
-        # custom SearchParameters stored earlier are known again (their rows exist)
-        for (content,) in self._reader.execute(
-            "SELECT content FROM resource WHERE type = 'SearchParameter' AND content IS NOT NULL"
-        ):
-            search_index.registry().add(jsonio.loads(content))
 
     async def close(self) -> None:
         if self._checkpointer is not None:

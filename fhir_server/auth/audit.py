@@ -72,7 +72,13 @@ from fhir_server.errors import FhirError, Issue
 from fhir_server.interactions import resources as res
 from fhir_server.interactions.context import Context
 from fhir_server.interactions.model import FhirRequest, FhirResponse
-from fhir_server.storage.port import NewVersion, Store, StoredVersion, UnitOfWork
+from fhir_server.storage.port import (
+    ForwardingUnitOfWork,
+    NewVersion,
+    Store,
+    StoredVersion,
+    UnitOfWork,
+)
 
 log = logging.getLogger("fhir_server.audit")
 
@@ -202,31 +208,19 @@ class AuditDraft:
         self.writes = []  # rolled back with the unit of work
 
 
-class _Recording:
+class _Recording(ForwardingUnitOfWork):
     """A unit of work that notes every version written (for the AuditEvent and the
     Provenance) and refuses to write the server's own records."""
 
     def __init__(self, uow: UnitOfWork, draft: AuditDraft) -> None:
-        self._uow = uow
+        super().__init__(uow)
         self._draft = draft
-
-    async def read(self, resource_type: str, id: str) -> StoredVersion | None:
-        return await self._uow.read(resource_type, id)
 
     async def put(self, version: NewVersion) -> StoredVersion:
         refuse_server_written(version.resource_type)
-        stored = await self._uow.put(version)
+        stored = await self.inner.put(version)
         self._draft.writes.append(Written(stored, _patient_of(version.resource)))
         return stored
-
-    async def search(
-        self,
-        resource_type: str,
-        params: Sequence[tuple[str, str]],
-        *,
-        base_url: str | None = None,
-    ) -> list[str]:
-        return await self._uow.search(resource_type, params, base_url=base_url)
 
 
 # --------------------------------------------------------------------------- records

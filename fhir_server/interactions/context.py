@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server import jsonio
 from fhir_server.settings import Settings
-from fhir_server.storage.port import NewVersion, Store, StoredVersion, UnitOfWork
+from fhir_server.storage.port import (
+    ForwardingUnitOfWork,
+    NewVersion,
+    Store,
+    StoredVersion,
+    UnitOfWork,
+)
 from fhir_server.validation.registry import DEFINITION_TYPES, ProfileRegistry, RegistryError
 
 if TYPE_CHECKING:
@@ -111,36 +117,24 @@ class Context:
         return await self.store.read(resource_type, id)
 
 
-class _Definitions:
+class _Definitions(ForwardingUnitOfWork):
     """A unit of work that notes the definitions (StructureDefinition, ValueSet,
     CodeSystem, Questionnaire) written in it: the resource, or its URL when deleted."""
 
     def __init__(self, uow: UnitOfWork, written: list[dict[str, Any] | str]) -> None:
-        self._uow = uow
+        super().__init__(uow)
         self._written = written
-
-    async def read(self, resource_type: str, id: str) -> StoredVersion | None:
-        return await self._uow.read(resource_type, id)
 
     async def put(self, version: NewVersion) -> StoredVersion:
         if version.resource_type in DEFINITION_TYPES:
             if version.resource is not None:
                 self._written.append(version.resource)
             else:
-                old = await self._uow.read(version.resource_type, version.id)
+                old = await self.inner.read(version.resource_type, version.id)
                 url = jsonio.loads(old.content).get("url") if old and old.content else None
                 if isinstance(url, str):
                     self._written.append(url)
-        return await self._uow.put(version)
-
-    async def search(
-        self,
-        resource_type: str,
-        params: Sequence[tuple[str, str]],
-        *,
-        base_url: str | None = None,
-    ) -> list[str]:
-        return await self._uow.search(resource_type, params, base_url=base_url)
+        return await self.inner.put(version)
 
 
 def register_definitions(

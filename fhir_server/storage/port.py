@@ -104,6 +104,29 @@ class UnitOfWork(Protocol):
         ...
 
 
+class ForwardingUnitOfWork:
+    """A unit of work that hands everything to another one: subclass it to watch or
+    refuse writes (override :meth:`put`) without repeating the rest."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.inner = uow
+
+    async def read(self, resource_type: str, id: str) -> StoredVersion | None:
+        return await self.inner.read(resource_type, id)
+
+    async def put(self, version: NewVersion) -> StoredVersion:
+        return await self.inner.put(version)
+
+    async def search(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        base_url: str | None = None,
+    ) -> list[str]:
+        return await self.inner.search(resource_type, params, base_url=base_url)
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 

@@ -106,6 +106,9 @@ def _decimal(value: Any) -> Problem | None:
     return "structure", f"expected a JSON number for a decimal, found {_describe(value)}"
 
 
+MAX_STRING = 1024 * 1024
+
+
 def _string_checker(type_name: str, pattern: re.Pattern[str] | None, dates: bool) -> Checker:
     match = pattern.fullmatch if pattern is not None else None
     uri = type_name in _URI_TYPES
@@ -118,6 +121,10 @@ def _string_checker(type_name: str, pattern: re.Pattern[str] | None, dates: bool
             )
         if not value:
             return "value", f"empty string is not a valid {type_name} (use no value instead)"
+        # datatypes.html#string: "strings SHALL NOT exceed 1MB (1024*1024 characters)";
+        # counted in UTF-8 bytes as the reference validator does (base64 data included)
+        if len(value) > MAX_STRING // 4 and len(value.encode()) > MAX_STRING:
+            return "value", f"the value is longer than the maximum of 1 MB ({MAX_STRING} bytes)"
         if match is not None and match(value) is None:
             return "value", f"'{_short(value)}' is not a valid {type_name}"
         if dates and not _valid_calendar_date(value):

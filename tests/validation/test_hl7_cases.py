@@ -81,7 +81,6 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
     "pat-dob-ext (base)": _UNKNOWN_EXT,
     "pat-example-extensions (base)": _UNKNOWN_EXT,
     "nested-questionnaire-nested-valueset (base)": _UNKNOWN_EXT,
-    "resource-invalid-eid-2 (base)": "the 1 MB maximum length of string values is not checked",
     "ext-xver-modifier-2 (base)": "cross-version extension rules are not implemented",
     "contained-resource-bad-id-ignore (base)": "the manifest option validateContains=IGNORE is not supported",
     "toplevel-minvalueduration-fail (profile)": "minValueDuration/maxValueDuration (relative to today) are not checked",

@@ -748,3 +748,14 @@ def test_urn_uuid_in_a_uri_must_be_a_uuid() -> None:
         "Basic.implicitRules",
         "is not a valid urn:uuid",
     )
+
+
+def test_strings_longer_than_one_megabyte_are_invalid() -> None:
+    from fhir_server.validation.primitives import MAX_STRING
+
+    ok = {"resourceType": "Patient", "name": [{"text": "é" * (MAX_STRING // 2)}]}
+    assert not [i for i in validate_resource(ok) if i.severity == "error"]
+    long = {"resourceType": "Patient", "name": [{"text": "é" * (MAX_STRING // 2 + 1)}]}
+    errors = [i for i in validate_resource(long) if i.severity == "error"]
+    assert errors and "1 MB" in errors[0].diagnostics
+    assert errors[0].expression == ("Patient.name[0].text",)

@@ -55,6 +55,7 @@ _UUID: Final = re.compile(
 _OID: Final = re.compile(r"urn:oid:[0-2](?:\.(?:0|[1-9][0-9]*))+")
 
 _MAX_DEPTH: Final = 200
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # has a scheme: http:, urn:...
 
 
 class _TooDeep(Exception):
@@ -116,6 +117,37 @@ class _Walker:
         self.depth -= 1
         if contained:
             self.contained_rules(res, expr)
+        if rt == "Bundle":
+            self.bundle_rules(res, expr)
+
+    def bundle_rules(self, bundle: dict[str, Any], expr: str) -> None:
+        """Bundle rules the reference validator applies beyond the invariants: a link
+        relation occurs once (bundle.html#links), and entry.fullUrl is an absolute URL
+        or a urn:uuid:/urn:oid: (Bundle.entry.fullUrl's definition)."""
+        links = bundle.get("link")
+        if isinstance(links, list):
+            seen: set[str] = set()
+            for i, link in enumerate(links):
+                relation = link.get("relation") if isinstance(link, dict) else None
+                if isinstance(relation, str):
+                    if relation in seen:
+                        self.err(
+                            "invalid",
+                            f"The link relation '{relation}' can only occur once",
+                            f"{expr}.link[{i}]",
+                        )
+                    seen.add(relation)
+        entries = bundle.get("entry")
+        if isinstance(entries, list):
+            for i, entry in enumerate(entries):
+                full_url = entry.get("fullUrl") if isinstance(entry, dict) else None
+                if isinstance(full_url, str) and full_url and not _ABSOLUTE.match(full_url):
+                    self.err(
+                        "invalid",
+                        f"The fullUrl must be an absolute URL or a urn:uuid:/urn:oid: (not"
+                        f" '{full_url}')",
+                        f"{expr}.entry[{i}].fullUrl",
+                    )
 
     def contained_rules(self, res: dict[str, Any], expr: str) -> None:
         if "contained" in res:

@@ -76,8 +76,6 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
     "obs-temp-bad (base)": "vital-signs profiles are not applied to Observations that do not claim them",
     "patient-ig-bad (base)": "ImplementationGuide global profiles are not applied",
     "parameters-reference-bad (base)": "references between resources in a Parameters are not resolved",
-    "bundle-duplicate-id (base)": "Bundle.entry.fullUrl is not required to be absolute (a reference-validator rule)",
-    "bundle-id-2 (base)": "Bundle.link relation uniqueness is not checked",
     "pat-dob-ext (base)": _UNKNOWN_EXT,
     "pat-example-extensions (base)": _UNKNOWN_EXT,
     "nested-questionnaire-nested-valueset (base)": _UNKNOWN_EXT,

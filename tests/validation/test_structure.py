@@ -759,3 +759,38 @@ def test_strings_longer_than_one_megabyte_are_invalid() -> None:
     errors = [i for i in validate_resource(long) if i.severity == "error"]
     assert errors and "1 MB" in errors[0].diagnostics
     assert errors[0].expression == ("Patient.name[0].text",)
+
+
+def test_a_bundle_link_relation_occurs_once() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [
+            {"relation": "self", "url": "http://x/fhir/Patient"},
+            {"relation": "next", "url": "http://x/fhir/Patient?_cursor=a"},
+            {"relation": "self", "url": "http://x/fhir/Patient?x=1"},
+        ],
+    }
+    errors = [i for i in validate_resource(bundle) if i.severity == "error"]
+    assert [(i.expression, "'self'" in i.diagnostics) for i in errors] == [
+        (("Bundle.link[2]",), True)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("full_url", "valid"),
+    [
+        ("http://x/fhir/Patient/1", True),
+        ("urn:uuid:0b1a2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", True),
+        ("urn:oid:1.2.3", True),
+        ("Patient/1", False),
+    ],
+)
+def test_bundle_full_urls_are_absolute(full_url: str, valid: bool) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": full_url, "resource": {"resourceType": "Patient"}}],
+    }
+    errors = [i for i in validate_resource(bundle) if i.severity == "error"]
+    assert not errors if valid else errors[0].expression == ("Bundle.entry[0].fullUrl",)

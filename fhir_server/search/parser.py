@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import cache
 from typing import Literal, cast
 
 from fhir_server.errors import FhirError, Issue
@@ -425,28 +426,39 @@ def _hierarchy(modifier: str, code: str, raw: str) -> tuple[tuple[str, str], ...
     return tuple((system, c) for c in (concept.code, *related))
 
 
-def _compartment_clause(parser: Parser, resource_type: str, compartment: tuple[str, str]) -> Clause:
+@cache
+def _compartment_members(ctype: str) -> dict[str, tuple[str, ...]] | None:
+    """The resource types of the compartment ``ctype`` and their parameters (None: no
+    such compartment); read once, not on every compartment search."""
     from fhir_server import definitions
 
-    ctype, cid = compartment
     for cd in definitions.compartment_definitions():
-        if cd.get("code") != ctype:
-            continue
-        for entry in cd.get("resource", ()):
-            if entry.get("code") != resource_type:
-                continue
-            conds: list[Condition] = []
-            for code in entry.get("param", ()):
-                sp = parser.registry.get(resource_type, code)
-                if sp is None or sp.type != "reference":
-                    continue
-                ref = Param(code, "reference", (resource_type,))
-                conds.append(ReferenceCond(ref, target_type=ctype, target_id=cid))
-            if resource_type == ctype:
-                conds.append(IdCond((cid,)))
-            return tuple(conds)
+        if cd.get("code") == ctype:
+            return {
+                entry["code"]: tuple(entry.get("param", ()))
+                for entry in cd.get("resource", ())
+                if isinstance(entry.get("code"), str)
+            }
+    return None
+
+
+def _compartment_clause(parser: Parser, resource_type: str, compartment: tuple[str, str]) -> Clause:
+    ctype, cid = compartment
+    members = _compartment_members(ctype)
+    if members is None:
+        raise FhirError.of(400, "invalid", f"Unknown compartment '{ctype}'")
+    if resource_type not in members:
         raise FhirError.of(400, "invalid", f"{resource_type} is not in the {ctype} compartment")
-    raise FhirError.of(400, "invalid", f"Unknown compartment '{ctype}'")
+    conds: list[Condition] = []
+    for code in members[resource_type]:
+        sp = parser.registry.get(resource_type, code)
+        if sp is None or sp.type != "reference":
+            continue
+        ref = Param(code, "reference", (resource_type,))
+        conds.append(ReferenceCond(ref, target_type=ctype, target_id=cid))
+    if resource_type == ctype:
+        conds.append(IdCond((cid,)))
+    return tuple(conds)
 
 
 def parse(

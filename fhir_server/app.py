@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -12,9 +13,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server import terminology, validation
+from fhir_server.api import export as export_api
 from fhir_server.api import http
 from fhir_server.interactions.context import Context
 from fhir_server.interactions.model import FhirRequest
+from fhir_server.operations.export_jobs import ExportJobs
 from fhir_server.settings import Settings
 from fhir_server.storage.port import Store
 
@@ -42,6 +45,24 @@ def make_store(database: str) -> Store:
     )
 
 
+def export_directory(settings: Settings) -> Path | None:
+    """Where Bulk Data exports write their files: ``settings.export_path``, else an
+    ``export`` directory next to the SQLite file; None (a temporary directory) for an
+    in-memory database; ``./data/export`` for MongoDB."""
+    if settings.export_path:
+        return Path(settings.export_path)
+    database = settings.database
+    if database == ":memory:":
+        return None
+    if database.startswith("sqlite://"):
+        path = database.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path
+        if not path or path == ":memory:":
+            return None
+        return Path(path).parent / "export"
+    return Path("./data/export")
+
+
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     """The app; it opens and closes its store unless one (already open) is given."""
     # Bindings to the rehab value sets are checked through the local terminology.
@@ -50,19 +71,28 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     store = store or make_store(settings.database)
     # this server's definitions: the packaged ones, then those written through the API
     profiles = validation.default_registry().copy()
-    ctx = Context(store=store, settings=settings, profiles=profiles)
+    exports = ExportJobs(
+        store,
+        export_directory(settings),
+        base_url=settings.base_url,
+        retention=settings.export_retention,
+        requires_access_token=settings.auth_enabled,
+    )
+    ctx = Context(store=store, settings=settings, profiles=profiles, exports=exports)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await store.open()
         await load_definitions(store, profiles)
+        exports.open()  # removes the export files an earlier process left
         audit = getattr(app.state, "audit", None)
         if audit is not None:
             audit.start()  # writes the queued audit events in batches
         try:
             yield
         finally:
+            await exports.close()  # export jobs do not survive a restart
             if audit is not None:
                 await audit.stop()  # what is still queued is written
             if owned:
@@ -79,6 +109,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         ctx = _with_auth(app, ctx)
     app.state.context = ctx
     base = settings.base_path.rstrip("/")
+    export_api.add_routes(app, ctx, base)  # Bulk Data status and files
 
     async def endpoint(request: Request) -> Response:
         path = request.path_params.get("path", "")
@@ -146,6 +177,9 @@ def _with_auth(app: FastAPI, ctx: Context) -> Context:
             "Last-Modified",
             "Content-Location",
             "WWW-Authenticate",
+            "X-Progress",
+            "Retry-After",
+            "Expires",
         ],
     )
     # The audit trail exists only with authorization on: with --no-auth (loopback

@@ -21,6 +21,12 @@ class Settings:
     # Profiles every resource of a type must conform to, as (resource type, profile
     # canonical URL) pairs; checked on writes and by $validate.
     required_profiles: tuple[tuple[str, str], ...] = ()
+    # Bulk Data export ($export): where the NDJSON files are written (None: an
+    # ``export`` directory next to the SQLite file; a temporary directory for an
+    # in-memory database; ./data/export otherwise), and how long, in seconds, the files
+    # of a finished export stay available.
+    export_path: str | None = None
+    export_retention: int = 24 * 3600
 
     # SMART on FHIR authorization. Off for the library (tests, embedding); the
     # ``serve`` command turns it on unless ``--no-auth``. ``auth_*`` fields are read

@@ -101,6 +101,22 @@ def _is_public(req: FhirRequest) -> bool:
     return req.method in ("GET", "HEAD") and req.path == "metadata"
 
 
+async def authenticate(request: Request, ctx: Context, req: FhirRequest) -> Context:
+    """The context of the request's caller: with an authenticator, the bearer token's
+    principal rides on it (``401`` without a valid token, audited); unchanged without
+    one, and for the public requests."""
+    if ctx.authenticator is None or _is_public(req):
+        return ctx
+    peer = request.client.host if request.client else None
+    try:
+        principal = await ctx.authenticator.authenticate(request.headers.get("authorization"))
+    except FhirError as err:
+        if ctx.audit is not None:
+            ctx.audit.unauthenticated(req, peer, err)
+        raise
+    return ctx.as_principal(principal, peer)
+
+
 async def handle(request: Request, ctx: Context, path: str) -> Response:
     params = list(request.query_params.multi_items())
     fmt = request.query_params.get("_format")
@@ -127,17 +143,7 @@ async def handle(request: Request, ctx: Context, path: str) -> Response:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
         )
-        if ctx.authenticator is not None and not _is_public(req):
-            peer = request.client.host if request.client else None
-            try:
-                principal = await ctx.authenticator.authenticate(
-                    request.headers.get("authorization")
-                )
-            except FhirError as err:
-                if ctx.audit is not None:
-                    ctx.audit.unauthenticated(req, peer, err)
-                raise
-            ctx = ctx.as_principal(principal, peer)
+        ctx = await authenticate(request, ctx, req)
         resp = await dispatch(ctx, req)
         content = _encode(req, resp, pretty)
     except FhirError as err:

@@ -33,16 +33,22 @@ unknown resource so that its existence is not revealed):
   other operations need ``update`` of their type when they change state, else
   ``read`` (``$validate``, ``$expand``, ``$lookup`` ...); an instance-level
   operation on a resource the token cannot read is ``404``.
+- Bulk Data ``$export``: ``Group/[id]/$export`` needs ``read`` of the Group; the
+  types exported need ``user/`` or ``system/`` scopes that permit searching them
+  (:func:`export_types`: ``403`` for a ``_type`` the scopes do not cover, and for a
+  token with ``patient/`` scopes only), and each resource written must be allowed by
+  such a scope (:func:`export_filter`, the check searches make).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from fhir_server import jsonio
 from fhir_server.auth.access import Principal, can, forbidden, needs_result_filter
 from fhir_server.auth.audit import refuse_server_written
+from fhir_server.auth.scopes import ResourceScope
 from fhir_server.errors import FhirError
 from fhir_server.interactions import resources as res
 from fhir_server.interactions.context import Context
@@ -325,6 +331,8 @@ def operation_needs(
     name: str, resource_type: str | None, affects_state: bool, req: FhirRequest
 ) -> list[tuple[str, str | None]]:
     """The (interaction, type) pairs an operation needs."""
+    if name == "export":  # the types are checked by the operation (export_types)
+        return [("read", "Group")] if resource_type == "Group" else []
     if name in _CLAIM_OPERATIONS:
         needs: list[tuple[str, str | None]] = [("read", "Encounter")]
         if _persist(req):
@@ -347,3 +355,51 @@ async def check_operation(
         _require(principal, interaction, type_)
     if len(parts) == 3 and rtype is not None:
         await check_read(ctx, principal, "read", (rtype, parts[1]))
+
+
+# --------------------------------------------------------------------------- bulk export
+
+_BULK_LEVELS: Final = ("user", "system")
+
+
+def _bulk_grants(principal: Principal, resource_type: str) -> list[ResourceScope]:
+    grants = principal.permissions.granting("search-type", resource_type)
+    return [s for s in grants if s.level in _BULK_LEVELS]
+
+
+def export_types(
+    principal: Principal, candidates: Sequence[str], requested: Sequence[str] | None
+) -> list[str]:
+    """The types a Bulk Data export of this principal contains: ``requested`` (the
+    ``_type`` parameter), each of which must be searchable under a ``user/`` or
+    ``system/`` scope (``403`` naming those that are not), or else the ``candidates``
+    that are (``403`` when there are none). ``patient/`` scopes grant no bulk export."""
+    if requested is not None:
+        refused = [t for t in requested if not _bulk_grants(principal, t)]
+        if refused:
+            raise forbidden(
+                "Bulk export needs user/ or system/ read scopes for every type exported;"
+                f" the access token has none for {', '.join(refused)}"
+            )
+        return list(requested)
+    allowed = [t for t in candidates if _bulk_grants(principal, t)]
+    if not allowed:
+        raise forbidden("Bulk export needs user/ or system/ read scopes")
+    return allowed
+
+
+def export_filter(
+    principal: Principal, resource_type: str
+) -> Callable[[Mapping[str, Any]], bool] | None:
+    """Which resources of the type an export may contain: None when all of them (a
+    ``user/``/``system/`` scope without parameters grants the type), else the test of
+    one resource against the scopes' parameters."""
+    grants = _bulk_grants(principal, resource_type)
+    if any(not s.parameters for s in grants):
+        return None
+    permissions = principal.permissions
+
+    def allowed(resource: Mapping[str, Any]) -> bool:
+        return permissions.allows("search-type", resource_type, resource, levels=_BULK_LEVELS)
+
+    return allowed

@@ -10,7 +10,7 @@ from functools import cache
 from typing import Any, Protocol
 
 from fhir_server import definitions
-from fhir_server.operations.registry import OPERATIONS
+from fhir_server.operations.registry import declared
 from fhir_server.search import registry
 from fhir_server.settings import Settings
 
@@ -109,7 +109,7 @@ def build(settings: Settings, routes: Iterable[RouteLike], *, date: str) -> dict
 
 def _operations(rtype: str | None, levels: Sequence[str]) -> list[dict[str, Any]]:
     out = []
-    for op in sorted(OPERATIONS.values(), key=lambda o: o.name):
+    for op in sorted(declared(), key=lambda o: o.name):
         if not any(level in op.levels for level in levels):
             continue
         if rtype is not None and op.resource_types is not None and rtype not in op.resource_types:

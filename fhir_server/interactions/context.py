@@ -22,6 +22,7 @@ from fhir_server.validation.registry import DEFINITION_TYPES, ProfileRegistry, R
 if TYPE_CHECKING:
     from fhir_server.auth.access import Authenticator, Principal
     from fhir_server.auth.audit import AuditDraft, AuditTrail
+    from fhir_server.operations.export_jobs import ExportJobs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Context:
     # The definitions writes and $validate are checked against (None: the default
     # registry). Definitions written through the API are added to it once committed.
     profiles: ProfileRegistry | None = None
+    # The Bulk Data export jobs of this server (None: $export is not available).
+    exports: ExportJobs | None = None
 
     @property
     def base_url(self) -> str:
@@ -72,6 +75,8 @@ class Context:
             self.audit,
             self.event,
             peer,
+            self.profiles,
+            self.exports,
         )
 
     def auditing(self, event: AuditDraft) -> Context:
@@ -86,6 +91,7 @@ class Context:
             event,
             self.peer,
             self.profiles,
+            self.exports,
         )
 
     @asynccontextmanager

@@ -29,12 +29,43 @@ class Operation:
     methods: frozenset[str] = frozenset({"POST"})
 
 
-OPERATIONS: dict[str, Operation] = {}
+OPERATIONS: dict[str, Operation] = {}  # by name: its first declaration
+# Every declaration of each name. A name may be declared at several levels or for
+# several types, each with its own OperationDefinition: Bulk Data's ``$export`` is
+# three operations (system, Patient, Group).
+_DECLARED: dict[str, list[Operation]] = {}
+
+
+def _overlaps(a: Operation, b: Operation) -> bool:
+    if not a.levels & b.levels:
+        return False
+    if a.resource_types is None or b.resource_types is None:
+        return True
+    return bool(a.resource_types & b.resource_types)
 
 
 def register(op: Operation) -> Operation:
-    OPERATIONS[op.name] = op
+    """Declare an operation; it replaces the declarations of its name it overlaps
+    (same level and type), and sits beside the others."""
+    kept = [o for o in _DECLARED.get(op.name, ()) if not _overlaps(o, op)]
+    _DECLARED[op.name] = [*kept, op]
+    OPERATIONS[op.name] = _DECLARED[op.name][0]
     return op
+
+
+def declared() -> list[Operation]:
+    """Every declaration (the CapabilityStatement lists each with its definition)."""
+    return [op for ops in _DECLARED.values() for op in ops]
+
+
+def find(name: str, level: Level, resource_type: str | None) -> Operation | None:
+    """The declaration of ``$name`` that serves this level and type, if any."""
+    for op in _DECLARED.get(name, ()):
+        if level in op.levels and (
+            resource_type is None or op.resource_types is None or resource_type in op.resource_types
+        ):
+            return op
+    return None
 
 
 async def invoke(ctx: Context, req: FhirRequest, parts: list[str]) -> FhirResponse:
@@ -54,12 +85,10 @@ async def invoke(ctx: Context, req: FhirRequest, parts: list[str]) -> FhirRespon
         res.check_type(rtype)
     if rid is not None:
         res.check_id(rid)
-    op = OPERATIONS.get(name)
-    if op is None:
+    if name not in _DECLARED:
         raise FhirError.of(404, "not-supported", f"Unknown operation ${name}")
-    if level not in op.levels or (
-        rtype is not None and op.resource_types is not None and rtype not in op.resource_types
-    ):
+    op = find(name, level, rtype)
+    if op is None:
         raise FhirError.of(404, "not-supported", f"${name} is not available at '{req.path}'")
     method = "GET" if req.method == "HEAD" else req.method
     if method not in op.methods:

@@ -146,12 +146,16 @@ async def test_the_serve_loader_loads_every_example_file_cleanly() -> None:
             report = await load_resources(ctx, read_file(path), errors=errors.append)
             assert report.failed == 0, errors
         fees = json.loads((EXAMPLES / "fee-schedule.json").read_text())["entry"]
-        assert await store.count() == len(RESOURCES) + len(fees)
+        caseload = json.loads((EXAMPLES / "demo-caseload.json").read_text())  # a Group
+        assert await store.count() == len(RESOURCES) + len(fees) + 1
         assert await store.count("ChargeItemDefinition") == len(fees)
+        assert await store.count("Group") == 1
+        members = [m["entity"]["reference"] for m in caseload["member"]]
+        assert members and all(m in BY_REF for m in members)
         again = await load_resources(ctx, read_file(DEMO), errors=errors.append)
         assert again.failed == 0
         fees = json.loads((EXAMPLES / "fee-schedule.json").read_text())["entry"]
-        assert await store.count() == len(RESOURCES) + len(fees)
+        assert await store.count() == len(RESOURCES) + len(fees) + 1
         assert await store.count("ChargeItemDefinition") == len(fees)
     finally:
         await store.close()

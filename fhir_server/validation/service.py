@@ -111,7 +111,10 @@ def validate_profiles(
         return issues
     _one(validator, resource, rt, profiles, required_profiles, meta_profiles, issues)
     responses = [(resource, rt)] if rt == "QuestionnaireResponse" else []
-    for nested, where in iter_nested_resources(resource, rt):
+    # only Bundle.entry.resource, Bundle.entry.response.outcome, Parameters.parameter
+    # .resource and contained hold resources in R4 (checked by a test): skip the walk
+    nested_possible = rt in ("Bundle", "Parameters") or "contained" in resource
+    for nested, where in iter_nested_resources(resource, rt) if nested_possible else ():
         nrt = nested.get("resourceType")
         if isinstance(nrt, str):
             _one(validator, nested, where, (), required_profiles, meta_profiles, issues)

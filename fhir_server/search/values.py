@@ -180,3 +180,19 @@ def split_escaped(text: str, sep: str, maxsplit: int = -1) -> list[str]:
         i += 1
     parts.append(text[start:])
     return parts
+
+
+def uri_prefixes(uri: str) -> list[str]:
+    """``uri`` and its parents, down to the authority: the values a ``:above`` search
+    on a uri matches (search.html#uri)."""
+    out = [uri]
+    scheme_end = uri.find("://")
+    floor = uri.find("/", scheme_end + 3) if scheme_end >= 0 else -1
+    current = uri.rstrip("/")
+    while True:
+        cut = current.rfind("/")
+        if cut <= floor or cut < 0:
+            break
+        current = current[:cut]
+        out.append(current)
+    return out

@@ -65,3 +65,22 @@ def test_escaping() -> None:
     assert values.split_escaped(r"a\,b,c", ",") == [r"a\,b", "c"]
     assert values.split_escaped(r"s|c|v", "|", 1) == ["s", "c|v"]
     assert values.unescape(r"a\,b\|c\$d\\e") == r"a,b|c$d\e"
+
+
+@pytest.mark.parametrize(
+    ("uri", "prefixes"),
+    [
+        (
+            "http://acme.org/fhir/ValueSet/a",
+            [
+                "http://acme.org/fhir/ValueSet/a",
+                "http://acme.org/fhir/ValueSet",
+                "http://acme.org/fhir",
+            ],
+        ),
+        ("http://acme.org/", ["http://acme.org/"]),
+        ("urn:oid:1.2.3", ["urn:oid:1.2.3"]),
+    ],
+)
+def test_uri_prefixes_stop_at_the_authority(uri: str, prefixes: list[str]) -> None:
+    assert values.uri_prefixes(uri) == prefixes

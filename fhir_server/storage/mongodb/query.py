@@ -175,21 +175,6 @@ def _times(left: list[Document], right: list[Document]) -> list[Document]:
     return [{**a, **b} for a in left for b in right]
 
 
-def uri_prefixes(uri: str) -> list[str]:
-    """``uri`` and its parents (``:above``), down to the authority."""
-    out = [uri]
-    scheme_end = uri.find("://")
-    floor = uri.find("/", scheme_end + 3) if scheme_end >= 0 else -1
-    current = uri.rstrip("/")
-    while True:
-        cut = current.rfind("/")
-        if cut <= floor or cut < 0:
-            break
-        current = current[:cut]
-        out.append(current)
-    return out
-
-
 def entry_match(cond: Condition, base: str | None) -> tuple[str, list[Document]]:
     """(index array, alternative conditions on one of its entries) of a value
     condition; each alternative is a conjunction of entry fields (no operators)."""
@@ -267,7 +252,7 @@ def entry_match(cond: Condition, base: str | None) -> tuple[str, list[Document]]
         if cond.mode == "below":
             m["v"] = _starts_with(cond.value)
         elif cond.mode == "above":
-            m["v"] = {"$in": [lit(u) for u in uri_prefixes(cond.value)]}
+            m["v"] = {"$in": [lit(u) for u in values.uri_prefixes(cond.value)]}
         else:
             m["v"] = lit(cond.value)
         return "x_uri", [m]

@@ -458,25 +458,12 @@ def _row_filter(
             args.extend((cond.value, cond.value + _PREFIX_END))
             return "idx_uri", f"{sql} AND {a}.value >= ? AND {a}.value < ?"
         if cond.mode == "above":
-            return "idx_uri", f"{sql} AND " + _in(f"{a}.value", _uri_prefixes(cond.value), args)
+            return "idx_uri", f"{sql} AND " + _in(
+                f"{a}.value", values.uri_prefixes(cond.value), args
+            )
         args.append(cond.value)
         return "idx_uri", f"{sql} AND {a}.value = ?"
     raise bad_request(f"unsupported condition {type(cond).__name__}")
-
-
-def _uri_prefixes(uri: str) -> list[str]:
-    """``uri`` and its parents (``:above``), down to the authority."""
-    out = [uri]
-    scheme_end = uri.find("://")
-    floor = uri.find("/", scheme_end + 3) if scheme_end >= 0 else -1
-    current = uri.rstrip("/")
-    while True:
-        cut = current.rfind("/")
-        if cut <= floor or cut < 0:
-            break
-        current = current[:cut]
-        out.append(current)
-    return out
 
 
 def _range_sql(prefix: str, lo: str, hi: str, plo: int, phi: int, args: list[Any]) -> str:

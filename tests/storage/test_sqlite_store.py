@@ -92,6 +92,90 @@ async def test_an_older_layout_is_rebuilt_on_open(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_reference_url_and_identifier_indexes_hold_only_their_rows(
+    tmp_path: Path,
+) -> None:
+    """Layout 4: the url and identifier indexes of references are partial; a database
+    of layout 3 (full indexes) gets them replaced on open, and searches on either use
+    them and still find the right resources."""
+    path = tmp_path / "refs.sqlite"
+    store = SqliteStore(str(path))
+    await store.open()
+    obs = [
+        {
+            "resourceType": "Observation",
+            "id": "local",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/p1"},
+        },
+        {
+            "resourceType": "Observation",
+            "id": "absolute",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "http://other.org/fhir/Patient/p9"},
+        },
+        {
+            "resourceType": "Observation",
+            "id": "ident",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"identifier": {"system": "urn:mrn", "value": "m-7"}},
+        },
+    ]
+    async with store.unit_of_work() as uow:
+        for r in obs:
+            content = jsonio.dumps(r)
+            await uow.put(
+                NewVersion(
+                    "Observation", str(r["id"]), 1, "2024-01-01T00:00:00Z", "create", content, r
+                )
+            )
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP INDEX idx_ref_url")
+    conn.execute("DROP INDEX idx_ref_identifier")
+    conn.execute("CREATE INDEX idx_ref_url ON idx_ref (param, url, rid)")
+    conn.execute("CREATE INDEX idx_ref_identifier ON idx_ref (param, id_value, rid)")
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        db = store.reader
+        assert db.execute("PRAGMA user_version").fetchone()[0] == search_index.LAYOUT
+        sql = {r[0]: r[1] for r in db.execute("SELECT name, sql FROM sqlite_master")}
+        assert "WHERE url IS NOT NULL" in sql["idx_ref_url"]
+        assert "WHERE id_value IS NOT NULL" in sql["idx_ref_identifier"]
+        entries = db.execute(
+            "SELECT count(*) FROM idx_ref INDEXED BY idx_ref_url WHERE url IS NOT NULL"
+        ).fetchone()[0]
+        with_url, total = db.execute(
+            "SELECT count(url), count(*) FROM idx_ref NOT INDEXED"
+        ).fetchone()
+        assert entries == with_url == 2  # subject and patient of the absolute reference
+        assert total > with_url
+
+        async def ids(params: list[tuple[str, str]]) -> list[str]:
+            result = await store.search(parse("Observation", params, strict=True))
+            return sorted(h.id for h in result.matches)
+
+        assert await ids([("subject", "http://other.org/fhir/Patient/p9")]) == ["absolute"]
+        assert await ids([("subject:identifier", "urn:mrn|m-7")]) == ["ident"]
+        assert await ids([("subject", "Patient/p1")]) == ["local"]
+        assert await ids([("subject:missing", "false")]) == ["absolute", "ident", "local"]
+        for query in (
+            "SELECT rid FROM idx_ref WHERE param = 1 AND url = 'u'",
+            "SELECT rid FROM idx_ref WHERE param = 1 AND id_value = 'v'",
+        ):
+            plan = " ".join(str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + query))
+            assert "USING COVERING INDEX idx_ref_" in plan, plan
+    finally:
+        await store.close()
+
+
 async def test_a_rebuild_indexes_stored_search_parameters(tmp_path: Path) -> None:
     """The SearchParameters stored in the database are known before its index is
     rebuilt, so their rows are rebuilt too."""

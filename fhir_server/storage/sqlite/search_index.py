@@ -115,8 +115,12 @@ CREATE TABLE IF NOT EXISTS idx_ref (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, type TEXT, id TEXT, version TEXT,
     url TEXT, id_system TEXT, id_value TEXT, grp INTEGER);
 CREATE INDEX IF NOT EXISTS idx_ref_target ON idx_ref (param, id, type, rid);
-CREATE INDEX IF NOT EXISTS idx_ref_url ON idx_ref (param, url, rid);
-CREATE INDEX IF NOT EXISTS idx_ref_identifier ON idx_ref (param, id_value, rid);
+-- most references have neither a URL nor an identifier: these two list only the rows
+-- that do (every query on them compares the column, which implies NOT NULL), which
+-- spares two B-tree inserts per local reference
+CREATE INDEX IF NOT EXISTS idx_ref_url ON idx_ref (param, url, rid) WHERE url IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_ref_identifier ON idx_ref (param, id_value, rid)
+    WHERE id_value IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idx_date (
     rid INTEGER NOT NULL, param INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
     grp INTEGER);
@@ -215,7 +219,7 @@ def _in(column: str, items: Sequence[Any], args: list[Any]) -> str:
 
 # Version of the index layout, kept in ``PRAGMA user_version``. 2: rows addressed by
 # rowid range (no ``(rid, param)`` indexes); 3: ``idx_date_stats``.
-LAYOUT = 3
+LAYOUT = 4
 SPAN = 1 << 20  # rowids per resource and table: row i of resource rid is rid * SPAN + i
 
 
@@ -244,19 +248,24 @@ def create_schema(conn: sqlite3.Connection) -> int:
             f"the database's index layout {layout} is newer than this server's ({LAYOUT})"
         )
     conn.execute("BEGIN IMMEDIATE")
-    if layout == 2:
-        # the rows are right; only the date statistics are new
+    if layout in (2, 3):
+        # the rows are right; layout 3 added the date statistics, 4 made two of the
+        # reference indexes partial
         try:
-            conn.execute("DROP TABLE IF EXISTS idx_date_stats")
+            conn.execute("DROP INDEX IF EXISTS idx_ref_url")
+            conn.execute("DROP INDEX IF EXISTS idx_ref_identifier")
+            if layout == 2:
+                conn.execute("DROP TABLE IF EXISTS idx_date_stats")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(
-                "INSERT INTO idx_date_stats (param, span, multi)"
-                " SELECT param, max(CASE WHEN lo > ? AND hi < ? THEN hi - lo ELSE 0 END),"
-                " count(*) > count(DISTINCT rid) FROM idx_date GROUP BY param",
-                (values.MIN_TIME, values.MAX_TIME),
-            )
+            if layout == 2:
+                conn.execute(
+                    "INSERT INTO idx_date_stats (param, span, multi)"
+                    " SELECT param, max(CASE WHEN lo > ? AND hi < ? THEN hi - lo ELSE 0"
+                    " END), count(*) > count(DISTINCT rid) FROM idx_date GROUP BY param",
+                    (values.MIN_TIME, values.MAX_TIME),
+                )
             conn.execute(f"PRAGMA user_version = {LAYOUT}")
             conn.execute("COMMIT")
         except BaseException:

@@ -6,13 +6,17 @@ adapter, routing, scopes and the JSON answer included; no sockets), on one event
 when the previous answer arrives). Three apps share one SQLite store with the same data:
 
 - ``off``: authorization off (``serve --no-auth``);
-- ``auth``: authorization on and the AuditEvents built and encoded, but not stored
-  (to split the cost of authorization from the cost of storing the records);
+- ``auth``: authorization on, and the server process's share of auditing done but
+  nothing stored (to split the cost of authorization from the cost of storing the
+  records): with ``--audit-writer process`` (the default, as ``serve``) each batch's
+  records encoded for the writer process, with ``inline`` the AuditEvents built and
+  encoded;
 - ``on``: authorization on, as ``serve`` runs it: every request carries a valid bearer
   token (``--scope``, default ``user/*.rs`` with a ``fhirUser``), is authenticated and
   checked against the scopes, and is audited; the app's lifespan runs, so the audit
   trail's background writer stores the AuditEvents (batches of 100 / every 200 ms)
-  during the measurement, on the same event loop, as in production.
+  during the measurement, as in production: through the writer process (on the
+  other core), or inline on the same event loop.
 
 Two workloads: ``read`` (``GET Patient/{id}``, random patients) and ``search``
 (``GET Observation?subject=Patient/{id}&_count=50``, 50 matches each). The apps
@@ -47,10 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from fastapi import FastAPI
 
 from fhir_server.app import create_app
-from fhir_server.auth.audit import AuditDraft, AuditTrail, audit_event
+from fhir_server.auth.audit import AuditDraft, AuditTrail, audit_event, draft_record
 from fhir_server.interactions import resources as res
 from fhir_server.settings import Settings
 from fhir_server.storage.sqlite.store import SqliteStore
@@ -142,9 +147,14 @@ async def _drive(
     return counts[0], counts[1]
 
 
-def _build_only(audit: AuditTrail) -> None:
-    """Make a trail build and encode its AuditEvents but not store them (to split the
-    cost of authorization from the cost of storing the records)."""
+def _build_only(audit: AuditTrail, process: bool) -> None:
+    """Make a trail do what the server process does for its AuditEvents, but not store
+    them (to split the cost of authorization from the cost of storing the records):
+    with the writer process, the records of a batch encoded for it; inline, the
+    AuditEvents built and encoded."""
+
+    async def encode(batch: Sequence[AuditDraft]) -> None:
+        orjson.dumps([draft_record(d) for d in batch])
 
     async def build(batch: Sequence[AuditDraft]) -> None:
         for i, draft in enumerate(batch):
@@ -152,7 +162,8 @@ def _build_only(audit: AuditTrail) -> None:
             if i % 10 == 9:
                 await asyncio.sleep(0)
 
-    audit._write = build  # type: ignore[method-assign]
+    audit._write = encode if process else build  # type: ignore[method-assign]
+    audit.writer = None
 
 
 async def _measure(
@@ -213,12 +224,14 @@ def _audit_count(store: SqliteStore) -> int:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="auth-bench-")
-    store = SqliteStore(str(Path(tmp.name) / "bench.sqlite"))
+    db = Path(tmp.name) / "bench.sqlite"
+    store = SqliteStore(str(db))
     await store.open()
-    base = Settings(database=":memory:", public_base_url=BASE)
+    base = Settings(database=f"sqlite:///{db}", public_base_url=BASE)
     secured = replace(
         base,
         auth_enabled=True,
+        audit_writer_process=args.audit_writer == "process",
         auth_clients_path=str(Path(tmp.name) / "clients.json"),
         auth_keys_path=str(Path(tmp.name) / "keys.json"),
     )
@@ -227,7 +240,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "auth": create_app(secured, store),
         "on": create_app(secured, store),
     }
-    _build_only(apps["auth"].state.audit)
+    _build_only(apps["auth"].state.audit, args.audit_writer == "process")
     server = apps["on"].state.auth_server
     token, _ = server.tokens.issue_access_token(
         subject="bench-user",
@@ -280,6 +293,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {
             "scope": args.scope,
             "patient": args.patient,
+            "audit_writer": args.audit_writer,
             "patients": args.patients,
             "observations_per_searched_patient": args.observations,
             "concurrency": args.concurrency,
@@ -325,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--observations", type=int, default=60, help="per searched patient")
     parser.add_argument("--scope", default="user/*.rs", help="the token's scopes")
     parser.add_argument("--patient", help="the token's patient (with patient/ scopes)")
+    parser.add_argument(
+        "--audit-writer",
+        choices=("process", "inline"),
+        default="process",
+        help="where the queued AuditEvents are stored (as `serve --audit-writer`)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "auth-overhead.json")
     args = parser.parse_args(argv)
     report = asyncio.run(run(args))

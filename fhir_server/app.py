@@ -45,6 +45,16 @@ def make_store(database: str) -> Store:
     )
 
 
+def shareable(database: str) -> bool:
+    """Whether another process can open the same database (not an in-memory one)."""
+    if database.startswith(("mongodb://", "mongodb+srv://")):
+        return True
+    if database.startswith("sqlite://"):
+        path = database.removeprefix("sqlite://").lstrip("/")
+        return bool(path) and path != ":memory:" and "mode=memory" not in path
+    return False
+
+
 def export_directory(settings: Settings) -> Path | None:
     """Where Bulk Data exports write their files: ``settings.export_path``, else an
     ``export`` directory next to the SQLite file; None (a temporary directory) for an
@@ -184,7 +194,12 @@ def _with_auth(app: FastAPI, ctx: Context) -> Context:
     )
     # The audit trail exists only with authorization on: with --no-auth (loopback
     # only, local development) nothing is audited; see fhir_server.auth.audit.
-    audit = AuditTrail(ctx.store, settings.base_url)
+    writer = None
+    if settings.audit_writer_process and shareable(settings.database):
+        from fhir_server.auth.audit_writer import AuditWriterProcess
+
+        writer = AuditWriterProcess(settings.database, settings.base_url)
+    audit = AuditTrail(ctx.store, settings.base_url, writer=writer)
     app.state.audit = audit
     return ctx.with_authenticator(server.authenticator(external)).with_audit(audit)
 

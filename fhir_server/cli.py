@@ -115,6 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = replace(
         _settings(args),
         auth_enabled=not args.no_auth,
+        audit_writer_process=args.audit_writer == "process",
         auth_auto_approve=args.auth_auto_approve,
         auth_clients_path=args.clients,
         auth_keys_path=args.keys,
@@ -244,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         "--auth-auto-approve",
         action="store_true",
         help="approve every authorization request without asking (tests, demos)",
+    )
+    serve.add_argument(
+        "--audit-writer",
+        choices=("process", "inline"),
+        default="process",
+        help="store the audit records of reads and searches from a separate process, on"
+        " another CPU core (default), or inline in the server process",
     )
     serve.add_argument("--clients", default=DEFAULT_CLIENTS, help="registered clients (JSON)")
     serve.add_argument("--keys", default=DEFAULT_KEYS, help="token signing keys (JWKS)")

@@ -45,6 +45,10 @@ class Settings:
     auth_external_issuers: tuple[tuple[str, str], ...] = ()
     # Origins allowed to call the API from a browser (CORS).
     auth_cors_origins: tuple[str, ...] = ("*",)
+    # Store the queued AuditEvents (of reads, searches...) from a separate process,
+    # on another CPU core (see fhir_server.auth.audit_writer). Needs a database other
+    # processes can open (a SQLite file, MongoDB); off for the library, on for serve.
+    audit_writer_process: bool = False
 
     @property
     def base_url(self) -> str:

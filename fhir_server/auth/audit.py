@@ -60,7 +60,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -68,6 +68,8 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 from fhir_server.auth.access import Principal
+from fhir_server.auth.audit_writer import AuditWriterProcess, WriterGone
+from fhir_server.auth.scopes import Permissions
 from fhir_server.errors import FhirError, Issue
 from fhir_server.interactions import resources as res
 from fhir_server.interactions.context import Context
@@ -459,15 +461,96 @@ def provenance(d: AuditDraft, writes: Sequence[Written], recorded: str) -> dict[
     }
 
 
+def draft_record(d: AuditDraft) -> list[Any] | None:
+    """What :func:`audit_event` needs of a queued draft, as plain JSON values (for the
+    writer process, which builds the AuditEvent); None for a draft with writes, whose
+    versions the record does not carry."""
+    if d.writes:
+        return None
+    p = d.principal
+    req = d.request
+    body = None
+    if req.method == "POST" and req.body and req.content_type in (None, _FORM):
+        body = req.body.decode("utf-8", "replace")  # a search's form parameters
+    return [
+        None if p is None else [p.client_id, p.subject, p.patient, p.fhir_user, p.issuer],
+        [req.method, req.path, [list(kv) for kv in req.params], req.content_type, body],
+        d.peer,
+        d.started,
+        d.finished,
+        d.status,
+        d.description,
+        d.etag,
+        d.bundle_type,
+        None if d.interaction is None else [d.interaction[0], list(d.interaction[1])],
+    ]
+
+
+def draft_of_record(record: Sequence[Any]) -> AuditDraft:
+    """The draft :func:`draft_record` describes (its principal without permissions:
+    an AuditEvent names the caller, not what it may do)."""
+    p, (method, path, params, content_type, body), peer, started = record[:4]
+    finished, status, description, etag, bundle_type, interaction = record[4:]
+    principal = None
+    if p is not None:
+        client_id, subject, patient, fhir_user, issuer = p
+        principal = Principal(client_id, subject, Permissions(), patient, fhir_user, issuer)
+    headers = {} if content_type is None else {"content-type": content_type}
+    request = FhirRequest(
+        method,
+        path,
+        [(str(k), str(v)) for k, v in params],
+        headers,
+        None if body is None else body.encode("utf-8"),
+    )
+    draft = AuditDraft(
+        principal, request, peer, float(started), float(finished), int(status), description, etag
+    )
+    draft.bundle_type = bundle_type
+    if interaction is not None:
+        draft.interaction = (interaction[0], list(interaction[1]))
+    return draft
+
+
 async def _put(uow: UnitOfWork, resource: dict[str, Any], now: str) -> StoredVersion:
     rtype = resource["resourceType"]
     content = res.stamp(resource, res.new_id(), 1, now)
     return await uow.put(NewVersion(rtype, resource["id"], 1, now, "create", content, resource))
 
 
+def build_events(drafts: Iterable[AuditDraft], base_url: str) -> list[dict[str, Any]]:
+    """The AuditEvents of queued drafts; a draft that cannot be built is logged and
+    skipped (a bug must not block the queue)."""
+    events = []
+    for draft in drafts:
+        try:
+            events.append(audit_event(draft, base_url))
+        except Exception:
+            log.exception("could not build the AuditEvent of %s", draft.request.path)
+    return events
+
+
+async def store_events(store: Store, events: Sequence[dict[str, Any]]) -> None:
+    """Store built AuditEvents (each stamped with a new id and its ``recorded`` time as
+    ``lastUpdated``) in one unit of work."""
+    async with store.unit_of_work() as uow:
+        for i, event in enumerate(events):
+            await _put(uow, event, event["recorded"])
+            if i % 10 == 9:
+                await asyncio.sleep(0)  # let requests run between rows
+
+
 # --------------------------------------------------------------------------- the trail
 
 Call = Callable[[Context, FhirRequest], Awaitable[FhirResponse]]
+
+
+class _Unwritten(Exception):
+    """A batch written in part: the drafts whose events are not stored."""
+
+    def __init__(self, drafts: list[AuditDraft]) -> None:
+        super().__init__(f"{len(drafts)} audit events not written")
+        self.drafts = drafts
 
 
 class AuditTrail:
@@ -481,8 +564,10 @@ class AuditTrail:
         interval: float = 0.2,
         batch_size: int = 100,
         max_pending: int = 100_000,
+        writer: AuditWriterProcess | None = None,
     ) -> None:
         self.store = store
+        self.writer = writer  # stores the batches on another core (None: inline)
         self.base_url = base_url
         self.interval = interval
         self.batch_size = batch_size
@@ -571,6 +656,10 @@ class AuditTrail:
                 del self._pending[: len(batch)]
                 try:
                     await self._write(batch)
+                except _Unwritten as part:
+                    log.exception("could not write %d audit events; will retry", len(part.drafts))
+                    self._pending[:0] = part.drafts
+                    break
                 except Exception:
                     log.exception("could not write %d audit events; will retry", len(batch))
                     self._pending[:0] = batch
@@ -579,17 +668,29 @@ class AuditTrail:
         return written
 
     async def _write(self, batch: Sequence[AuditDraft]) -> None:
-        async with self.store.unit_of_work() as uow:
-            for i, draft in enumerate(batch):
+        if self.writer is not None:
+            records = [draft_record(d) for d in batch]
+            if all(r is not None for r in records):
                 try:
-                    event = audit_event(draft, self.base_url)
-                except Exception:  # a bug: drop the record rather than block the queue
-                    log.exception("could not build the AuditEvent of %s", draft.request.path)
-                    self.dropped += 1
-                    continue
-                await _put(uow, event, event["recorded"])
-                if i % 10 == 9:
-                    await asyncio.sleep(0)  # let requests run between rows
+                    await asyncio.to_thread(self.writer.write, records)
+                    return
+                except WriterGone as gone:
+                    log.error(
+                        "audit writer process: %s; writing audit events inline from now on", gone
+                    )
+                    self.writer = None
+                    batch = batch[gone.written :]
+                    try:
+                        await self._store(batch)
+                    except Exception as exc:  # the writer process stored the others
+                        raise _Unwritten(list(batch)) from exc
+                    return
+        await self._store(batch)
+
+    async def _store(self, batch: Sequence[AuditDraft]) -> None:
+        events = build_events(batch, self.base_url)
+        self.dropped += len(batch) - len(events)
+        await store_events(self.store, events)
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -601,7 +702,10 @@ class AuditTrail:
                 await self.flush()
 
     def start(self) -> None:
-        """Start the background writer (on the running event loop)."""
+        """Start the background writer (on the running event loop), and the writer
+        process when there is one."""
+        if self.writer is not None and not self.writer.alive:
+            self.writer.start()
         if self._task is None:
             self._closing = False
             self._wake = asyncio.Event()
@@ -609,6 +713,13 @@ class AuditTrail:
 
     async def stop(self) -> None:
         """Stop the background writer and write what is still queued."""
+        try:
+            await self._stop()
+        finally:
+            if self.writer is not None:
+                await asyncio.to_thread(self.writer.close)
+
+    async def _stop(self) -> None:
         self._closing = True
         if self._task is not None:
             assert self._wake is not None

@@ -78,6 +78,24 @@ def _strings(value: Any, out: list[str], key: str = "") -> None:
             _strings(v, out, key)
 
 
+_CACHE_LIMIT = 8192  # distinct short strings whose words are kept
+_CACHEABLE = 120  # longest string (characters) kept in the cache
+_cached: dict[str, list[str]] = {}
+
+
+def _value_words(value: str) -> list[str]:
+    """:func:`words` of one string value; those of short values (codes, systems,
+    displays, references: most values, repeated across resources) are remembered."""
+    if len(value) > _CACHEABLE:
+        return words(value)
+    found = _cached.get(value)
+    if found is None:
+        if len(_cached) >= _CACHE_LIMIT:
+            _cached.clear()
+        found = _cached[value] = words(value)
+    return found
+
+
 def text_words(resource: dict[str, Any]) -> str:
     """The words ``_text`` searches, space-separated."""
     return " ".join(words(narrative(resource)))
@@ -87,6 +105,9 @@ def content_words(resource: dict[str, Any]) -> str:
     """The words ``_content`` searches, space-separated."""
     strings: list[str] = []
     _strings(resource, strings)
-    # one pass over all values: normalising and splitting their concatenation (with a
-    # separator no word contains) gives the same words as doing it value by value
-    return " ".join(words("\n".join(strings)))
+    # the words of each value, in order, without repeats: the same as the words of
+    # their concatenation (with a separator no word contains)
+    seen: dict[str, None] = {}
+    for value in strings:
+        seen.update(dict.fromkeys(_value_words(value)))
+    return " ".join(seen)

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_server.errors import FhirError
 from fhir_server.search import fulltext
@@ -56,6 +58,38 @@ def test_words_are_normalised_letter_and_digit_runs() -> None:
     r = {"resourceType": "Patient", "text": narrative("<p>Hello</p>"), "active": True}
     assert fulltext.text_words(r) == "hello"
     assert fulltext.content_words(r) == "patient generated hello"
+
+
+_VALUES = st.text(
+    alphabet=st.sampled_from("abcZÉé ö-_1.,|\n\u0301ßİ") | st.characters(), max_size=40
+) | st.text(alphabet="ab ", min_size=100, max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_VALUES, max_size=12), st.lists(st.integers(0, 11), max_size=12))
+def test_content_words_are_the_words_of_all_values_in_order(
+    values: list[str], repeats: list[int]
+) -> None:
+    """Words are taken value by value (short values' words are remembered); the result
+    is the words of all the values together, whichever were seen before."""
+    picked = values + [values[i] for i in repeats if i < len(values)]
+    resource = {"resourceType": "Basic", "extension": [{"valueString": v} for v in picked]}
+    strings: list[str] = []
+    fulltext._strings(resource, strings)
+    expected = " ".join(fulltext.words("\n".join(strings)))
+    assert fulltext.content_words(resource) == expected
+    assert fulltext.content_words(resource) == expected  # from the cache the second time
+
+
+def test_the_word_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fulltext, "_CACHE_LIMIT", 10)
+    monkeypatch.setattr(fulltext, "_cached", {})
+    for i in range(25):
+        assert fulltext._value_words(f"code-{i}") == ["code", str(i)]
+        assert len(fulltext._cached) <= 10
+    long = "x" * (fulltext._CACHEABLE + 1)
+    assert fulltext._value_words(long) == [long[: fulltext.MAX_WORD]]
+    assert long not in fulltext._cached
 
 
 def test_parsing() -> None:

@@ -36,10 +36,16 @@ in memory and written in batches, one unit of work per batch, by a background ta
 (:meth:`AuditTrail.start`, from the app's lifespan) every ``interval`` seconds (0.2)
 or as soon as ``batch_size`` (100) events wait; :meth:`AuditTrail.stop` writes what
 is left at shutdown. A synchronous write per read would cost more than the read
-itself. The price: a process killed hard (SIGKILL, power loss) loses the read audit
-records of at most the last ``interval`` (plus a batch being written); a batch the
-store refuses is kept and retried, up to ``max_pending`` events, after which the
-oldest are dropped (and counted in :attr:`AuditTrail.dropped`, and logged).
+itself. ``fhir-server serve`` builds and stores these batches in a writer process
+(:mod:`fhir_server.auth.audit_writer`), on another CPU core; without one (the
+library's default, an in-memory database) they are written on the event loop. When
+``high_water`` (2,000) records wait, answers wait for the writer to catch up
+(backpressure: requests cannot outrun the trail). The price: a process killed hard
+(SIGKILL, power loss) loses the records still waiting (those of the last
+``interval``; under load, up to ``high_water``) and of a batch being written; a
+batch the store refuses is kept and retried, up to ``max_pending`` events, after
+which the oldest are dropped (and counted in :attr:`AuditTrail.dropped`, and
+logged); requests are not held back while the store refuses.
 
 AuditEvent and Provenance are stored and searched like any resource (a token needs
 e.g. ``user/AuditEvent.rs``), but only the server writes them: the API refuses to
@@ -564,6 +570,7 @@ class AuditTrail:
         interval: float = 0.2,
         batch_size: int = 100,
         max_pending: int = 100_000,
+        high_water: int = 2_000,
         writer: AuditWriterProcess | None = None,
     ) -> None:
         self.store = store
@@ -572,6 +579,7 @@ class AuditTrail:
         self.interval = interval
         self.batch_size = batch_size
         self.max_pending = max_pending
+        self.high_water = high_water
         self.dropped = 0  # events lost because the store refused them for too long
         self._pending: list[AuditDraft] = []
         self._task: asyncio.Task[None] | None = None
@@ -579,6 +587,8 @@ class AuditTrail:
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._closing = False
+        self._room: asyncio.Event | None = None  # set when the writer made progress
+        self._failing = False  # the last batch could not be written
 
     # -- the request path
 
@@ -599,7 +609,26 @@ class AuditTrail:
             draft.status = response.status
             draft.etag = response.headers.get("ETag")
             self.enqueue(draft)
+            if len(self._pending) >= self.high_water:
+                await self._make_room()
         return response
+
+    async def _make_room(self) -> None:
+        """Backpressure: with ``high_water`` records waiting, an answer waits for the
+        writer to catch up, so that requests cannot outrun the trail (and a backlog
+        cannot grow until records are dropped); not while the writer is failing,
+        whose records are kept up to ``max_pending``."""
+        while len(self._pending) >= self.high_water and not self._failing:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            self._nudge()
+            await self._room.wait()
+
+    def _progress(self, failing: bool) -> None:
+        self._failing = failing
+        if self._room is not None:
+            self._room.set()
 
     def unauthenticated(self, req: FhirRequest, peer: str | None, err: FhirError) -> None:
         """A request refused before any caller was known (``401``)."""
@@ -633,11 +662,15 @@ class AuditTrail:
             self.dropped += excess
             log.error("audit backlog full: %d audit events dropped", excess)
         if len(self._pending) >= self.batch_size:
-            if self._task is not None and self._wake is not None:
-                self._wake.set()
-            elif self._kick is None or self._kick.done():
-                # no background writer (an app run without its lifespan): write now
-                self._kick = asyncio.get_running_loop().create_task(self.flush())
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Have the queue written now."""
+        if self._task is not None and self._wake is not None:
+            self._wake.set()
+        elif self._kick is None or self._kick.done():
+            # no background writer (an app run without its lifespan): write now
+            self._kick = asyncio.get_running_loop().create_task(self.flush())
 
     @property
     def pending(self) -> int:
@@ -659,12 +692,15 @@ class AuditTrail:
                 except _Unwritten as part:
                     log.exception("could not write %d audit events; will retry", len(part.drafts))
                     self._pending[:0] = part.drafts
+                    self._progress(failing=True)
                     break
                 except Exception:
                     log.exception("could not write %d audit events; will retry", len(batch))
                     self._pending[:0] = batch
+                    self._progress(failing=True)
                     break
                 written += len(batch)
+                self._progress(failing=False)
         return written
 
     async def _write(self, batch: Sequence[AuditDraft]) -> None:

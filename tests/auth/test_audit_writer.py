@@ -4,6 +4,7 @@ over when the child is gone."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Sequence
@@ -301,3 +302,83 @@ def test_serve_runs_the_writer_process_by_default(monkeypatch: pytest.MonkeyPatc
     assert cli.main(["serve"]) == 0
     assert cli.main(["serve", "--audit-writer", "inline"]) == 0
     assert seen == ["process", "inline"]
+
+
+class _Slow:
+    """A writer process that takes ``delay`` seconds per batch."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.batches: list[int] = []
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    def write(self, records: Sequence[Any]) -> int:
+        time.sleep(self.delay)
+        self.batches.append(len(records))
+        return len(records)
+
+    def close(self) -> None:
+        pass
+
+
+async def _audited_reads(audit: AuditTrail, n: int, peak: list[int]) -> None:
+    from fhir_server.interactions.context import Context
+    from fhir_server.interactions.model import FhirResponse
+    from fhir_server.settings import Settings
+
+    ctx = Context(store=audit.store, settings=Settings(database=":memory:"), principal=USER)
+
+    async def read(c: Context, req: FhirRequest) -> FhirResponse:
+        peak.append(audit.pending)
+        return FhirResponse(200)
+
+    for i in range(n):
+        await audit.audited(ctx, FhirRequest("GET", f"Patient/p{i}"), read)
+
+
+async def test_requests_wait_when_the_writer_falls_behind(tmp_path: Path) -> None:
+    """Backpressure: at ``high_water`` waiting records, answers wait for the writer, so
+    the queue stays bounded however fast the requests come."""
+    store = SqliteStore(str(tmp_path / "b.sqlite"))
+    await store.open()
+    slow = _Slow(0.02)
+    audit = AuditTrail(store, BASE, batch_size=10, high_water=30, writer=slow)  # type: ignore[arg-type]
+    audit.start()
+    try:
+        peak: list[int] = []
+        await asyncio.gather(*(_audited_reads(audit, 40, peak) for _ in range(5)))
+        assert max(peak) <= audit.high_water + 5  # each of the 5 clients adds one, then waits
+        await audit.flush()
+        assert sum(slow.batches) == 200
+    finally:
+        await audit.stop()
+        await store.close()
+
+
+async def test_requests_do_not_wait_on_a_failing_writer(tmp_path: Path) -> None:
+    """A store that refuses the batches must not stop the server: the records are kept
+    (up to ``max_pending``) and requests go on."""
+    store = SqliteStore(str(tmp_path / "f.sqlite"))
+    await store.open()
+    audit = AuditTrail(store, BASE, batch_size=10, high_water=30, max_pending=1000)
+
+    async def refused(batch: Any) -> None:
+        raise RuntimeError("disk full")
+
+    audit._write = refused  # type: ignore[method-assign]
+    audit.start()
+    try:
+        peak: list[int] = []
+        await asyncio.wait_for(_audited_reads(audit, 100, peak), timeout=10)
+        assert audit.pending == 100 and audit.dropped == 0
+    finally:
+        audit._closing = True
+        audit.writer = None
+        if audit._task is not None:
+            assert audit._wake is not None
+            audit._wake.set()
+            await audit._task
+        await store.close()

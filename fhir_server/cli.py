@@ -161,8 +161,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from fhir_server.validation.cli import validate_files
+    from fhir_server.validation.options import ValidationOptions
 
-    return validate_files([Path(f) for f in args.files], profile=args.profile)
+    options = ValidationOptions(
+        security_checks=args.security_checks,
+        html_in_markdown=args.html_in_markdown,
+        unknown_extensions=args.unknown_extensions,
+        allowed_extension_domains=tuple(args.allow_extension_domain),
+        example_urls=args.example_urls,
+    )
+    return validate_files([Path(f) for f in args.files], profile=args.profile, options=options)
 
 
 def cmd_client_add(args: argparse.Namespace) -> int:
@@ -274,6 +282,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("files", nargs="+")
     check.add_argument("--profile", help="canonical URL of a profile to validate against")
+    check.add_argument(
+        "--unknown-extensions",
+        choices=("accept", "error"),
+        default="accept",
+        help="whether an extension with no known definition is accepted (as on writes, the"
+        " default) or an error",
+    )
+    check.add_argument(
+        "--allow-extension-domain",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="with --unknown-extensions error: accept unknown extensions whose URL starts"
+        " with PREFIX (repeat)",
+    )
+    check.add_argument(
+        "--security-checks",
+        action="store_true",
+        help="HTML tags in string values are errors",
+    )
+    check.add_argument(
+        "--no-html-in-markdown",
+        dest="html_in_markdown",
+        action="store_false",
+        help="raw HTML tags in markdown values are errors",
+    )
+    check.add_argument(
+        "--no-example-urls",
+        dest="example_urls",
+        action="store_false",
+        help="URLs in domains reserved for examples (example.org ...) are errors",
+    )
     check.set_defaults(func=cmd_validate)
     client = sub.add_parser("client", help="register or remove OAuth clients")
     client_sub = client.add_subparsers(dest="client_command", required=True)

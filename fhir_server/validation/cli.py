@@ -5,7 +5,14 @@ own) or NDJSON (``.ndjson``, one resource a line). For each resource one
 OperationOutcome is written to standard output as a line of JSON (NDJSON), and a
 one-line summary (where it came from, how many errors and warnings) to standard error.
 Validation is what ``$validate`` does: the base definitions, their invariants, the
-resource's ``meta.profile`` and ``--profile``.
+resource's ``meta.profile`` and ``--profile``; the policy options
+(:mod:`fhir_server.validation.options`) can make it stricter:
+
+* ``--unknown-extensions error``: an extension this server has no definition for is an
+  error (``--allow-extension-domain PREFIX``, repeatable, exempts URLs under a prefix);
+* ``--security-checks``: HTML tags in string values are errors;
+* ``--no-html-in-markdown``: raw HTML tags in markdown are errors;
+* ``--no-example-urls``: URLs in example domains (example.org ...) are errors.
 
 The exit code is 0 when no resource has an error, 1 when some has, and 2 when a file
 cannot be read or parsed at all (it is reported as an OperationOutcome too).
@@ -20,6 +27,7 @@ from typing import Any, TextIO
 
 from fhir_server import jsonio
 from fhir_server.errors import Issue, has_errors, operation_outcome
+from fhir_server.validation.options import DEFAULT, ValidationOptions
 from fhir_server.validation.registry import ProfileRegistry
 from fhir_server.validation.service import validate
 from fhir_server.validation.valuesets import TerminologyLookup
@@ -71,6 +79,7 @@ def validate_files(
     lookup: TerminologyLookup | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    options: ValidationOptions = DEFAULT,
 ) -> int:
     """Validate every resource in the files; print one OperationOutcome per resource
     (NDJSON on ``out``) and a summary line per resource on ``err``. Returns the exit
@@ -94,6 +103,7 @@ def validate_files(
                 profiles=profiles,
                 registry=registry,
                 lookup=lookup,
+                options=options,
             )
             out.write(jsonio.dumps(operation_outcome(issues)).decode() + "\n")
             err.write(f"{_label(where, resource)}: {_summary(issues)}\n")

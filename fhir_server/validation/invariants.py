@@ -33,6 +33,9 @@ Not evaluated as FHIRPath
   today);
 * an invariant that raises while evaluated on a particular resource yields an
   ``information`` issue naming it, never an error.
+
+Corrected: an invariant whose published expression contradicts its own description is
+evaluated in HL7's corrected form (:data:`CORRECTED`: que-12).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from fhir_server.fhirpath._engine import parse, run
 from fhir_server.validation.fastpath import Env, Fallback, FastExpr, It, compile_fast
 
 __all__ = [
+    "CORRECTED",
     "COVERED_BY_STRUCTURE",
     "NOT_EVALUATED",
     "Invariant",
@@ -84,6 +88,22 @@ NATIVE: Final[Mapping[str, str]] = {
 
 # Invariants that are not evaluated, keyed by constraint key, with the reason.
 NOT_EVALUATED: Final[Mapping[str, str]] = {}
+
+# Invariants whose published R4 expression contradicts their own human description;
+# the corrected expression (HL7's technical correction, applied by later versions and
+# by the reference validator to R4 content) is evaluated instead. Keyed by constraint
+# key: (published expression, corrected expression, why). The correction applies only
+# where the published expression is found verbatim (a profile that rewrites the
+# constraint keeps its own).
+CORRECTED: Final[Mapping[str, tuple[str, str, str]]] = {
+    "que-12": (
+        "enableWhen.count() > 2 implies enableBehavior.exists()",
+        "enableWhen.count() > 1 implies enableBehavior.exists()",
+        "'If there are more than one enableWhen, enableBehavior must be specified': R4's "
+        "'> 2' lets an item with exactly two conditions omit enableBehavior, leaving it "
+        "undefined whether both or either must hold (corrected to '> 1' in R4B/R5)",
+    ),
+}
 
 _SAFE_CONSTANTS: Final = frozenset({"ucum", "sct", "loinc"})
 # Functions whose arguments are evaluated once per input item ($this = the item).
@@ -316,6 +336,9 @@ def compile_invariant(
     if reason is not None:
         inv.skip_reason = reason
         return inv
+    correction = CORRECTED.get(key)
+    if correction is not None and expression == correction[0]:
+        expression = inv.expression = correction[1]
     try:
         inv.ast = _without_trace(parse(expression))
     except FhirPathError as exc:

@@ -20,6 +20,12 @@ from typing import Any, Final
 
 from fhir_server import definitions
 from fhir_server.errors import IssueCode
+from fhir_server.validation.options import (
+    ValidationOptions,
+    html_tag_in_markdown,
+    html_tag_in_string,
+    is_example_url,
+)
 
 Problem = tuple[IssueCode, str]
 Checker = Callable[[Any], Problem | None]
@@ -173,3 +179,41 @@ def checker(type_name: str) -> Checker:
 
 def check(type_name: str, value: Any) -> Problem | None:
     return checker(type_name)(value)
+
+
+def _example_url(value: str) -> str | None:
+    return value if is_example_url(value) else None
+
+
+@cache
+def policy_checker(type_name: str, options: ValidationOptions) -> Checker:
+    """The checker of a primitive type with the checks ``options`` add (see
+    :mod:`.options`): HTML in strings or markdown, example URLs."""
+    base = checker(type_name)
+    found: Callable[[str], str | None]
+    if type_name == "string" and options.security_checks:
+        found = html_tag_in_string
+        message = (
+            "the string contains text that looks like an HTML tag ({}): strings are plain "
+            "text, and embedded markup is not allowed for security reasons"
+        )
+    elif type_name == "markdown" and not options.html_in_markdown:
+        found = html_tag_in_markdown
+        message = (
+            "the markdown contains a raw HTML tag ({}): it will (or should) be escaped by "
+            "the presentation layer; escape it as \\< if it is meant as text"
+        )
+    elif type_name in _URI_TYPES and not options.example_urls:
+        found = _example_url
+        message = "example URLs are not allowed in this context ({})"
+    else:
+        return base
+
+    def check(value: Any) -> Problem | None:
+        problem = base(value)
+        if problem is not None or not isinstance(value, str):
+            return problem
+        hit = found(value)
+        return None if hit is None else ("invalid", message.format(_short(hit)))
+
+    return check

@@ -14,7 +14,8 @@ profile says beyond the base definitions, which the structure validator checks a
   value set, resolved through a :data:`~fhir_server.validation.valuesets.TerminologyLookup`
   (value sets that cannot be resolved are not checked);
 * ``maxLength``, ``minValue[x]``/``maxValue[x]`` (a Quantity in another UCUM unit is
-  converted, :mod:`.ucum`);
+  converted, :mod:`.ucum`; a Duration on a date, dateTime or instant is relative to
+  now: ``minValueDuration`` 100 a = not more than 100 years ago);
 * slicing with discriminators ``value``, ``pattern``, ``type``, ``profile`` and
   ``exists`` (paths such as ``code.coding.code``, ``url``, ``$this``, ``resolve()``,
   ``extension('url')``, ``ofType(T)``), ``closed``/``open``/``openAtEnd`` rules and
@@ -28,9 +29,11 @@ profile says beyond the base definitions, which the structure validator checks a
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
@@ -41,6 +44,7 @@ from fhir_server.errors import Issue, IssueCode, Severity, has_errors
 from fhir_server.validation import invariants, ucum
 from fhir_server.validation.fastpath import It, navigate
 from fhir_server.validation.invariants import Invariant
+from fhir_server.validation.options import DEFAULT, ValidationOptions, extension_allowed
 from fhir_server.validation.snapshot import Element, element_ids
 from fhir_server.validation.valuesets import Codes, TerminologyLookup
 
@@ -429,9 +433,11 @@ class ProfileValidator:
         self,
         registry: ProfileRegistry,
         lookup: TerminologyLookup | None = None,
+        options: ValidationOptions = DEFAULT,
     ) -> None:
         self.registry = registry
         self.lookup: TerminologyLookup = lookup or registry.value_set_codes
+        self.options = options
         self._codes: dict[str, Codes | None] = {}
         self._depth = 0
 
@@ -504,7 +510,9 @@ class ProfileValidator:
 
     def extensions(self, resource: dict[str, Any], expr: str) -> list[Issue]:
         """Every extension (anywhere in the resource) whose definition the registry
-        knows: used in a context its definition allows, and valid against it."""
+        knows: used in a context its definition allows, and valid against it. One it
+        does not know is accepted, or an error, as ``options.unknown_extensions`` says
+        (:func:`~fhir_server.validation.options.extension_allowed`)."""
         issues: list[Issue] = []
         rt = resource.get("resourceType")
         if isinstance(rt, str) and rt in definitions.resource_types():
@@ -589,6 +597,7 @@ class ProfileValidator:
         resource: Any,
         root: Any,
         issues: list[Issue],
+        in_unknown: bool = False,
     ) -> None:
         for i, ext in enumerate(items):
             if type(ext) is not dict:
@@ -597,12 +606,28 @@ class ProfileValidator:
             at = f"{where}[{i}]"
             sd = self.registry.get(url) if isinstance(url, str) else None
             if sd is None:
+                if (
+                    isinstance(url, str)
+                    # a sub-extension of an unknown complex extension: its relative url
+                    # names a part of that (unknown) definition
+                    and not (in_unknown and ":" not in url)
+                    and not extension_allowed(url, self.options)
+                ):
+                    issues.append(
+                        Issue(
+                            "error",
+                            "structure",
+                            f"the extension {url} is unknown (its definition could not be "
+                            "found), so it is not allowed here",
+                            (at,),
+                        )
+                    )
                 # an unknown (complex) extension: its own extensions may be known
                 nested = ext.get("extension")
                 if type(nested) is list:
                     inner = _Holder(f"{holder.literal}.extension", "Extension", "Extension", url)
                     self._extension_list(
-                        "extension", nested, inner, f"{at}.extension", resource, root, issues
+                        "extension", nested, inner, f"{at}.extension", resource, root, issues, True
                     )
                 continue
             assert isinstance(url, str)
@@ -1023,6 +1048,9 @@ class _Run:
                 continue
             b = bound[0]
             try:
+                if isinstance(b, dict) and isinstance(v, str) and o.type in _DATE_TYPES:
+                    self.relative_bound(b, low, v, o)
+                    continue
                 if isinstance(b, dict) and isinstance(v, dict):  # Quantity
                     order = _quantity_order(v, b)
                     if order is None:
@@ -1052,6 +1080,28 @@ class _Run:
                     f"{_show(b)}{self.where()}",
                     o.expr,
                 )
+
+    def relative_bound(self, duration: dict[str, Any], low: bool, value: str, o: Occ) -> None:
+        """minValue/maxValue as a Duration on a date, dateTime or instant: relative to
+        now (ElementDefinition.minValue[x]'s comment: "the duration value is positive,
+        and is either subtracted from or added to the current clock"): subtracted for
+        a minimum, added for a maximum. A value of partial precision (a year, a month)
+        fails only when all of it lies beyond the limit."""
+        limit = _relative_limit(duration, low, _now())
+        span = _date_span(value)
+        if limit is None or span is None:
+            return
+        start, end = span
+        if (end <= limit) if low else (start > limit):
+            self.add(
+                "error",
+                "value",
+                f"value {_show(value)} is {'before' if low else 'after'} "
+                f"{limit.date().isoformat()}: the {'minimum' if low else 'maximum'} is "
+                f"{_show(duration.get('value'))} {duration.get('code') or duration.get('unit')} "
+                f"{'before' if low else 'after'} now{self.where()}",
+                o.expr,
+            )
 
     def binding(self, e: Elem, o: Occ) -> None:
         assert e.binding is not None
@@ -1346,6 +1396,82 @@ def _steps(path: str) -> list[tuple[str, ...]]:
                 return [("unsupported", path)]
             pos += 1
     return steps
+
+
+_DATE_TYPES: Final = frozenset({"date", "dateTime", "instant"})
+# UCUM codes of time units (a Duration's code) as (months, seconds)
+_TIME_UNITS: Final[dict[str, tuple[int, int]]] = {
+    "a": (12, 0),
+    "mo": (1, 0),
+    "wk": (0, 7 * 86400),
+    "d": (0, 86400),
+    "h": (0, 3600),
+    "min": (0, 60),
+    "s": (0, 1),
+}
+_DATE_VALUE: Final = re.compile(
+    r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
+    r"(Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,
+)
+
+
+def _now() -> datetime:
+    """The current time (UTC, naive) relative bounds are measured from."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _add_months(when: datetime, months: int) -> datetime:
+    year, month = divmod(when.month - 1 + months, 12)
+    year += when.year
+    day = min(when.day, calendar.monthrange(year, month + 1)[1])
+    return when.replace(year=year, month=month + 1, day=day)
+
+
+def _relative_limit(duration: dict[str, Any], low: bool, now: datetime) -> datetime | None:
+    """now - duration (a minimum) or now + duration (a maximum); None when the
+    duration is not a time quantity in UCUM."""
+    value, code = duration.get("value"), duration.get("code") or duration.get("unit")
+    unit = _TIME_UNITS.get(code) if isinstance(code, str) else None
+    if unit is None or isinstance(value, bool) or not isinstance(value, int | Decimal | float):
+        return None
+    amount = Decimal(str(value))
+    sign = -1 if low else 1
+    months, seconds = unit
+    try:
+        if months and amount == amount.to_integral_value():
+            return _add_months(now, sign * months * int(amount))
+        if months:  # a fraction of a year or month: in days, as UCUM defines them
+            seconds = 31557600 if months == 12 else 2629800
+        return now + timedelta(seconds=sign * float(amount * seconds))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _date_span(text: str) -> tuple[datetime, datetime] | None:
+    """The interval [start, end) a date, dateTime or instant of any precision covers
+    (UTC, naive; a value without a time zone is taken as UTC)."""
+    m = _DATE_VALUE.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, zone = m.groups()
+    try:
+        if month is None:
+            start = datetime(int(year), 1, 1)
+            return start, _add_months(start, 12)
+        if day is None:
+            start = datetime(int(year), int(month), 1)
+            return start, _add_months(start, 1)
+        start = datetime(int(year), int(month), int(day))
+        if hour is None:
+            return start, start + timedelta(days=1)
+        start = start.replace(hour=int(hour), minute=int(minute), second=int(second or 0))
+        if zone and zone != "Z":
+            offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+            start = start - offset if zone[0] == "+" else start + offset
+        return start, start + timedelta(seconds=1)
+    except (OverflowError, ValueError):
+        return None
 
 
 def _quantity_order(value: dict[str, Any], bound: dict[str, Any]) -> int | None:

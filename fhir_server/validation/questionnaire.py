@@ -274,6 +274,19 @@ def resolve(
     return ref, lookup(ref)
 
 
+def _resolved_type(
+    response: dict[str, Any], ref: str, definition_type: Callable[[str], str | None] | None
+) -> str | None:
+    """The type of the resource ``ref`` resolves to (a contained one for ``#id``)."""
+    if ref.startswith("#"):
+        for r in response.get("contained") or ():
+            if type(r) is dict and r.get("id") == ref[1:]:
+                rt = r.get("resourceType")
+                return rt if isinstance(rt, str) else None
+        return None
+    return definition_type(ref) if definition_type is not None else None
+
+
 class _Index:
     """The items of a Questionnaire by linkId, with their ancestors."""
 
@@ -1194,17 +1207,33 @@ def validate_response(
     value_set_codes: TerminologyLookup | None,
     knows_value_set: Callable[[str], bool],
     expand: ValueSetExpander,
+    definition_type: Callable[[str], str | None] | None = None,
 ) -> list[Issue]:
     """The issues of a QuestionnaireResponse against its Questionnaire.
 
     ``questionnaire`` finds a Questionnaire by canonical URL (``|version`` allowed);
     ``value_set_codes``/``knows_value_set`` answer for the value sets answers are
     bound to by URL, ``expand`` for ValueSet resources contained in the Questionnaire
-    or the response. ``where`` is the response's location (its type at the root)."""
+    or the response. ``where`` is the response's location (its type at the root).
+    ``definition_type`` names the type of the resource a canonical URL resolves to,
+    if known: ``questionnaire`` is ``canonical(Questionnaire)``, so a canonical that
+    resolves to another type of resource (or a ``#id`` naming a contained resource of
+    another type) is an error."""
     ref, found = resolve(response, questionnaire)
     if ref is None:
         return []
     if found is None:
+        wrong = _resolved_type(response, ref, definition_type)
+        if wrong is not None and wrong != "Questionnaire":
+            return [
+                Issue(
+                    "error",
+                    "invalid",
+                    f"The canonical URL '{ref}' refers to a resource of the wrong type: found "
+                    f"{wrong}, expected Questionnaire",
+                    (f"{where}.questionnaire",),
+                )
+            ]
         example = ref.startswith(("http://example.org", "https://example.org"))
         return [
             Issue(

@@ -224,6 +224,19 @@ class ProfileRegistry:
         t = sd.get("type") if sd else None
         return t if isinstance(t, str) else None
 
+    def definition_type(self, url: str) -> str | None:
+        """The resource type of the definition a canonical URL resolves to here
+        (StructureDefinition, ValueSet, CodeSystem, Questionnaire), None if unknown."""
+        if self.knows(url):
+            return "StructureDefinition"
+        if self.knows_value_set(url):
+            return "ValueSet"
+        if self.code_system(url) is not None:
+            return "CodeSystem"
+        if self.questionnaire(url) is not None:
+            return "Questionnaire"
+        return None
+
     def urls(self) -> list[str]:
         self._ensure_core()
         return sorted(self._sds)

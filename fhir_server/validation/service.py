@@ -8,7 +8,9 @@
   unknown one is a warning), the required profiles of the type, and the same for the
   resources nested in it (contained, Bundle entries); a QuestionnaireResponse is also
   checked against its Questionnaire (:mod:`.questionnaire`; an unknown one is a
-  warning), as a Questionnaire is a profile of the answers.
+  warning), as a Questionnaire is a profile of the answers; SearchParameters and
+  CapabilityStatements are checked against the search parameters they derive from or
+  name (:mod:`.conformance`).
 
 Issues are de-duplicated (a problem found through two profiles is reported once) and
 keep their order.
@@ -21,7 +23,9 @@ from typing import Any, Literal
 
 from fhir_server.errors import Issue, has_errors
 from fhir_server.validation import structure
+from fhir_server.validation.conformance import check_conformance
 from fhir_server.validation.invariants import check_invariants
+from fhir_server.validation.options import DEFAULT, ValidationOptions
 from fhir_server.validation.profile import ProfileValidator, iter_nested_resources
 from fhir_server.validation.questionnaire import validate_response
 from fhir_server.validation.registry import ProfileRegistry, canonical, default_registry
@@ -29,6 +33,7 @@ from fhir_server.validation.valuesets import TerminologyLookup, chain
 
 __all__ = [
     "RequiredProfiles",
+    "ValidationOptions",
     "dedupe",
     "set_terminology",
     "terminology",
@@ -91,6 +96,7 @@ def validate_profiles(
     registry: ProfileRegistry | None = None,
     lookup: TerminologyLookup | None = None,
     meta_profiles: bool = True,
+    options: ValidationOptions = DEFAULT,
 ) -> list[Issue]:
     """Validate a resource against its profiles.
 
@@ -103,13 +109,14 @@ def validate_profiles(
     reg = registry or default_registry()
     external = lookup or _terminology
     validator = ProfileValidator(
-        reg, chain(external, reg.value_set_codes) if external is not None else None
+        reg, chain(external, reg.value_set_codes) if external is not None else None, options
     )
     issues: list[Issue] = []
     rt = resource.get("resourceType")
     if not isinstance(rt, str):
         return issues
     _one(validator, resource, rt, profiles, required_profiles, meta_profiles, issues)
+    issues += check_conformance(resource, rt)
     responses = [(resource, rt)] if rt == "QuestionnaireResponse" else []
     # only Bundle.entry.resource, Bundle.entry.response.outcome, Parameters.parameter
     # .resource and contained hold resources in R4 (checked by a test): skip the walk
@@ -118,6 +125,7 @@ def validate_profiles(
         nrt = nested.get("resourceType")
         if isinstance(nrt, str):
             _one(validator, nested, where, (), required_profiles, meta_profiles, issues)
+            issues += check_conformance(nested, where)
             if nrt == "QuestionnaireResponse":
                 responses.append((nested, where))
     if _has_extensions(resource):
@@ -130,6 +138,7 @@ def validate_profiles(
             value_set_codes=validator.lookup,
             knows_value_set=reg.knows_value_set,
             expand=reg.expand,
+            definition_type=reg.definition_type,
         )
     return dedupe(issues)
 
@@ -206,6 +215,7 @@ def validate(
     invariants: bool = True,
     best_practice: bool = False,
     meta_profiles: bool = True,
+    options: ValidationOptions = DEFAULT,
 ) -> list[Issue]:
     """Everything known about a resource: base structure, invariants, profiles.
 
@@ -216,8 +226,10 @@ def validate(
     noise). ``meta_profiles=False`` ignores ``meta.profile`` (``$validate`` in mode
     ``profile``). ``best_practice`` adds the best-practice invariants (dom-6 "a resource
     should have narrative" ...) as warnings; off by default, as in the reference
-    validator."""
-    issues = structure.validate_resource(resource, expected_type=expected_type)
+    validator. ``options`` adds policies beyond the specification (:mod:`.options`:
+    HTML in strings and markdown, unknown extensions, example URLs); the defaults are
+    what a write checks."""
+    issues = structure.validate_resource(resource, expected_type=expected_type, options=options)
     if mode == "update" and isinstance(resource, dict) and not resource.get("id"):
         rt = resource.get("resourceType")
         issues.append(
@@ -239,5 +251,6 @@ def validate(
         registry=registry,
         lookup=lookup,
         meta_profiles=meta_profiles,
+        options=options,
     )
     return dedupe(issues)

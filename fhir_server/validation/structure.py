@@ -29,18 +29,23 @@ References
 resource), ``Type/id`` or ``Type/id/_history/vid``, an absolute ``http(s)`` URL, a
 ``urn:uuid:`` or ``urn:oid:`` URI, or a conditional ``Type?query`` (resolved by
 transaction processing). When the type can be read from the reference it must be a
-known resource type and, if the element restricts its targets, one of them.
+known resource type and, if the element restricts its targets, one of them. A
+``urn:uuid:``/``urn:oid:`` that is not well formed is a warning, not an error:
+``Reference.reference`` is a string (unlike a uri element, where a ``urn:uuid:`` must
+hold a UUID), and such a reference merely cannot resolve.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Final
 
 from fhir_server import definitions
 from fhir_server.definitions import BACKBONE, PRIMITIVE, RESOURCE, Child, TypeDef
 from fhir_server.errors import Issue, IssueCode
 from fhir_server.validation import primitives
+from fhir_server.validation.options import DEFAULT, ValidationOptions
 
 _ID: Final = r"[A-Za-z0-9\-\.]{1,64}"
 _RELATIVE_REF: Final = re.compile(rf"([A-Z][A-Za-z]+)/{_ID}(?:/_history/{_ID})?", re.ASCII)
@@ -65,14 +70,24 @@ class _TooDeep(Exception):
 class _Walker:
     """State of one validate_resource call."""
 
-    __slots__ = ("depth", "issues")
+    __slots__ = ("checkers", "depth", "issues", "options")
 
-    def __init__(self) -> None:
+    def __init__(self, options: ValidationOptions = DEFAULT) -> None:
         self.issues: list[Issue] = []
         self.depth = 0
+        self.options = options
+        # the primitive checkers, per type code: the plain ones, or (only when some
+        # option adds checks to primitives) ones with the policy checks
+        self.checkers = _checkers if not options.checks_primitives else _policy_checkers(options)
 
     def err(self, code: IssueCode, message: str, expression: str) -> None:
         self.issues.append(Issue("error", code, message, (expression,)))
+
+    def checker(self, type_code: str) -> primitives.Checker:
+        if self.checkers is _checkers:
+            return _checker(type_code)
+        check = self.checkers[type_code] = primitives.policy_checker(type_code, self.options)
+        return check
 
     # ------------------------------------------------------------------ resources
 
@@ -225,7 +240,9 @@ class _Walker:
                 if child.array or value is None or type(value) is list:
                     self.primitive_property(obj, key, value, child, expr)
                 else:  # the common case, inlined
-                    problem = (_checkers.get(child.type_code) or _checker(child.type_code))(value)
+                    problem = (self.checkers.get(child.type_code) or self.checker(child.type_code))(
+                        value
+                    )
                     if problem is not None:
                         self.err(problem[0], problem[1], f"{expr}.{key}")
                     elif el.binding_strength == "required":
@@ -338,7 +355,7 @@ class _Walker:
         self, obj: dict[str, Any], key: str, value: Any, child: Child, expr: str
     ) -> None:
         el = child.element
-        check = _checkers.get(child.type_code) or _checker(child.type_code)
+        check = self.checkers.get(child.type_code) or self.checker(child.type_code)
         if child.array:
             if type(value) is not list:
                 self.err(
@@ -548,13 +565,26 @@ class _Walker:
                 )
             return
         if ref.startswith("urn:"):
-            if ref.startswith("urn:uuid:"):
-                ok = _UUID.fullmatch(ref) is not None
-            elif ref.startswith("urn:oid:"):
-                ok = _OID.fullmatch(ref) is not None
+            if ref.startswith(("urn:uuid:", "urn:oid:")):
+                # Reference.reference is a string, not a uri: a malformed urn:uuid:/urn:oid:
+                # breaks no rule of its type, it just cannot identify (resolve to) anything
+                uuid = ref.startswith("urn:uuid:")
+                if (_UUID if uuid else _OID).fullmatch(ref) is None:
+                    self.issues.append(
+                        Issue(
+                            "warning",
+                            "value",
+                            f"'{_short(ref)}' is not a well-formed "
+                            + (
+                                "urn:uuid: (a UUID is 8-4-4-4-12 hex digits)"
+                                if uuid
+                                else "urn:oid: (an OID is dot-separated numbers)"
+                            )
+                            + ", so the reference cannot resolve",
+                            (where,),
+                        )
+                    )
             else:
-                ok = False
-            if not ok:
                 self.err(
                     "value",
                     f"'{_short(ref)}' is not a valid reference: a URN reference must be a "
@@ -624,6 +654,11 @@ class _Walker:
 _checkers: dict[str, primitives.Checker] = {}
 
 
+@lru_cache(maxsize=32)
+def _policy_checkers(options: ValidationOptions) -> dict[str, primitives.Checker]:
+    return {}
+
+
 def _checker(type_code: str) -> primitives.Checker:
     check = _checkers[type_code] = primitives.checker(type_code)
     return check
@@ -675,13 +710,19 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def validate_resource(resource: Any, *, expected_type: str | None = None) -> list[Issue]:
+def validate_resource(
+    resource: Any,
+    *,
+    expected_type: str | None = None,
+    options: ValidationOptions = DEFAULT,
+) -> list[Issue]:
     """Check a parsed JSON resource against the R4 base definitions.
 
     Returns the issues found (empty when the resource is structurally valid); every
-    issue names the offending element with a FHIRPath-style expression.
+    issue names the offending element with a FHIRPath-style expression. ``options``
+    adds the policy checks of primitive values (:mod:`.options`).
     """
-    walker = _Walker()
+    walker = _Walker(options)
     try:
         walker.resource(resource, None, expected_type=expected_type)
     except (_TooDeep, RecursionError):

@@ -245,6 +245,33 @@ def test_questionnaire_exists_operator_with_boolean_answer_passes_que_7() -> Non
     ]
 
 
+def test_que_12_is_applied_in_its_corrected_form() -> None:
+    """R4 publishes que-12 as 'enableWhen.count() > 2 implies enableBehavior.exists()',
+    against its own description ('more than one enableWhen'); the corrected '> 1' is
+    evaluated, also for a profile that carries the published expression."""
+    published, corrected, _ = inv_module.CORRECTED["que-12"]
+    base = definitions.type_definition("Questionnaire").elements["Questionnaire.item"]
+    assert published in {c.expression for c in base.constraints if c.key == "que-12"}
+    assert compile_invariant("que-12", "error", "h", published).expression == corrected
+    # another expression under the same key is left alone
+    assert compile_invariant("que-12", "error", "h", "true").expression == "true"
+    condition = {"question": "a", "operator": "exists", "answerBoolean": True}
+    q: dict[str, Any] = {
+        "resourceType": "Questionnaire",
+        "status": "draft",
+        "item": [
+            {"linkId": "a", "type": "boolean"},
+            {"linkId": "b", "type": "string", "enableWhen": [condition, condition]},
+        ],
+    }
+    assert keys(check_invariants(q)) == [("error", "que-12", ("Questionnaire.item[1]",))]
+    q["item"][1]["enableBehavior"] = "any"
+    assert check_invariants(q) == []
+    del q["item"][1]["enableBehavior"]
+    q["item"][1]["enableWhen"] = [condition]
+    assert check_invariants(q) == []
+
+
 def test_best_practice_dom_6_is_optional_and_not_for_contained() -> None:
     obs = {
         "resourceType": "Observation",

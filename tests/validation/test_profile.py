@@ -174,6 +174,49 @@ def test_max_length_and_min_max_values() -> None:
     ]
 
 
+def test_min_max_value_durations_on_dates_are_relative_to_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ElementDefinition.minValue[x] on a date: a Duration is subtracted from now (a
+    minimum) or added to it (a maximum)."""
+    from datetime import datetime
+
+    from fhir_server.validation import profile as profile_module
+
+    monkeypatch.setattr(profile_module, "_now", lambda: datetime(2024, 2, 29, 12, 0))
+    years = {"system": "http://unitsofmeasure.org", "code": "a", "unit": "a"}
+    reg = registry(
+        sd("age", "Patient", el("Patient.birthDate", minValueDuration={"value": 100, **years})),
+        sd("soon", "Patient", el("Patient.birthDate", maxValueDuration={"value": 10, **years})),
+        sd(
+            "recent",
+            "Observation",
+            el(
+                "Observation.effective[x]",
+                minValueQuantity={"value": 36, "code": "h", "system": "http://unitsofmeasure.org"},
+            ),
+        ),
+    )
+    # 2024-02-29 less 100 years: 1924-02-29 (a leap day too)
+    for ok in ("1924-02-29", "1924-02", "1924", "1990-05-06"):
+        assert check(patient(birthDate=ok), reg, EX + "age") == [], ok
+    for bad in ("1924-02-28", "1923", "1850-01-01"):
+        assert found(check(patient(birthDate=bad), reg, EX + "age")) == [
+            ("error", "Patient.birthDate")
+        ], bad
+    # 2024-02-29 plus 10 years: 2034-02-28 (no leap day in 2034)
+    assert check(patient(birthDate="2034-02-28"), reg, EX + "soon") == []
+    assert check(patient(birthDate="2034"), reg, EX + "soon") == []
+    issues = check(patient(birthDate="2034-03-01"), reg, EX + "soon")
+    assert found(issues) == [("error", "Patient.birthDate")]
+    assert "after 2034-02-28" in issues[0].diagnostics
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    recent = {**obs, "effectiveDateTime": "2024-02-28T01:00:00+01:00"}  # 00:00 UTC
+    assert check(recent, reg, EX + "recent") == []
+    old = {**obs, "effectiveDateTime": "2024-02-27T23:59:00Z"}
+    assert found(check(old, reg, EX + "recent")) == [("error", "Observation.effectiveDateTime")]
+
+
 # --------------------------------------------------------------------------- bindings
 
 

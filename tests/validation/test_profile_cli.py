@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fhir_server.validation.cli import validate_files
 
 VITALS = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
@@ -71,3 +73,50 @@ def test_unreadable_files_exit_2(tmp_path: Path) -> None:
     assert code == 2
     assert [o["issue"][0]["severity"] for o in outcomes] == ["fatal", "fatal"]
     assert "cannot be read" in err
+
+
+STRICT_PATIENT = {
+    **PATIENT,
+    "extension": [{"url": "https://ext.test/fhir/StructureDefinition/x", "valueString": "y"}],
+    "name": [{"text": "Jo <script>x</script>"}],
+    "photo": [{"url": "http://photos.example.org/p1.png"}],
+}
+
+
+def test_policy_options_are_off_by_default(tmp_path: Path) -> None:
+    code, _, _ = run([write(tmp_path, "p.json", STRICT_PATIENT)])
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "expression"),
+    [
+        (["--unknown-extensions", "error"], "Patient.extension[0]"),
+        (["--security-checks"], "Patient.name[0].text"),
+        (["--no-example-urls"], "Patient.photo[0].url"),
+    ],
+)
+def test_command_line_flags_set_the_policy_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expression: str
+) -> None:
+    from fhir_server.cli import main
+
+    path = write(tmp_path, "p.json", STRICT_PATIENT)
+    assert main(["validate", str(path), *flags]) == 1
+    outcome = json.loads(capsys.readouterr().out)
+    assert [i["expression"] for i in outcome["issue"] if i["severity"] == "error"] == [[expression]]
+
+
+def test_allowed_extension_domains_and_markdown_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fhir_server.cli import main
+
+    path = write(tmp_path, "p.json", STRICT_PATIENT)
+    flags = ["--unknown-extensions", "error", "--allow-extension-domain", "https://ext.test/"]
+    assert main(["validate", str(path), *flags]) == 0
+    comm = {"resourceType": "Communication", "status": "completed", "note": [{"text": "<b>x"}]}
+    path = write(tmp_path, "c.json", comm)
+    assert main(["validate", str(path)]) == 0
+    assert main(["validate", str(path), "--no-html-in-markdown"]) == 1
+    capsys.readouterr()

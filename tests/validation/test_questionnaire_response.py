@@ -122,6 +122,24 @@ def test_a_valid_response_has_no_issues() -> None:
     assert run(q, qr) == []
 
 
+def test_a_questionnaire_canonical_resolving_to_another_type_is_an_error() -> None:
+    qr = response(r_item("anything", answer("valueString", "x")))
+    for url in (
+        "http://hl7.org/fhir/ValueSet/administrative-gender",  # a ValueSet
+        "http://hl7.org/fhir/StructureDefinition/Patient",  # a StructureDefinition
+    ):
+        qr["questionnaire"] = url
+        issues = [i for i in run(None, qr) if i.severity == "error"]
+        assert [i.expression for i in issues] == [("QuestionnaireResponse.questionnaire",)]
+        assert "wrong type" in issues[0].diagnostics
+        assert "expected Questionnaire" in issues[0].diagnostics
+    qr["questionnaire"] = "#vs"
+    qr["contained"] = [{"resourceType": "ValueSet", "id": "vs", "status": "draft"}]
+    found = errors(None, qr)
+    assert [where for where, _ in found] == ["QuestionnaireResponse.questionnaire"]
+    assert "found ValueSet" in found[0][1]
+
+
 def test_an_unknown_questionnaire_is_a_warning_and_nothing_else() -> None:
     qr = response(r_item("anything", answer("valueString", "x")))
     qr["questionnaire"] = "http://forms.test/fhir/Questionnaire/unknown"

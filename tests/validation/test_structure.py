@@ -513,7 +513,6 @@ def test_good_references(reference: str) -> None:
         ("Organization/a b", "value", "not a valid reference"),
         ("Organization/1/_history/", "value", "not a valid reference"),
         ("organization/1", "value", "not a valid reference"),
-        ("urn:uuid:1234", "value", "urn:uuid:"),
         ("urn:isbn:12345", "value", "urn:uuid: or urn:oid:"),
         ("http://exa mple.org/x", "value", "not a valid reference URL"),
         ("#other", "invalid", "does not match the id of a contained resource"),
@@ -526,6 +525,26 @@ def test_bad_references(reference: str, code: str, phrase: str) -> None:
         "Patient.managingOrganization.reference",
         phrase,
     )
+
+
+@pytest.mark.parametrize(
+    ("reference", "phrase"),
+    [
+        ("urn:uuid:23ac0bc6-0959-4181-8af0-6db5e2ef8176-X", "not a well-formed urn:uuid:"),
+        ("urn:uuid:1234", "not a well-formed urn:uuid:"),
+        ("urn:oid:1.2.x", "not a well-formed urn:oid:"),
+    ],
+)
+def test_malformed_uuid_or_oid_references_are_warnings(reference: str, phrase: str) -> None:
+    """Reference.reference is a string: a urn:uuid:/urn:oid: that is not well formed
+    cannot resolve (a warning), but breaks no rule of the element's type."""
+    issues = check(patient(managingOrganization={"reference": reference}))
+    assert [(i.severity, i.expression) for i in issues] == [
+        ("warning", ("Patient.managingOrganization.reference",))
+    ]
+    assert phrase in issues[0].diagnostics
+    for good in ("urn:uuid:23ac0bc6-0959-4181-8af0-6db5e2ef8176", "urn:oid:1.2.3.4"):
+        assert check(patient(managingOrganization={"reference": good})) == []
 
 
 def test_reference_to_any_resource() -> None:

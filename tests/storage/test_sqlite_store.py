@@ -273,3 +273,62 @@ async def test_checkpoints_run_in_the_background_and_stop_with_the_store(tmp_pat
     finally:
         await store.close()
     assert checkpointers() <= others
+
+
+def test_date_stats_remember_committed_and_pending_figures() -> None:
+    stats = search_index.DateStats()
+    assert stats.raises(7, 100, 0)  # unknown: the statement is needed
+    assert not stats.raises(7, 50, 0)  # within what this unit already wrote
+    stats.rollback()
+    assert stats.raises(7, 50, 0)  # the rolled-back figure is forgotten
+    stats.commit()
+    assert not stats.raises(7, 50, 0) and not stats.raises(7, 10, 0)
+    assert stats.raises(7, 10, 1)  # several rows: raises 'multi'
+    assert stats.raises(7, 60, 1)
+    stats.commit()
+    assert stats.committed[7] == (60, 1)
+
+
+async def test_writes_that_raise_no_date_figure_skip_the_statement(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "d.sqlite"))
+    await store.open()
+    statements: list[str] = []
+    store.writer.set_trace_callback(statements.append)
+
+    def obs(i: int, when: str) -> NewVersion:
+        r = {
+            "resourceType": "Observation",
+            "id": f"o{i}",
+            "status": "final",
+            "code": {"text": "x"},
+            "effectiveDateTime": when,
+        }
+        return NewVersion(
+            "Observation", f"o{i}", 1, "2024-01-01T00:00:00Z", "create", jsonio.dumps(r), r
+        )
+
+    def upserts() -> int:
+        n = sum("idx_date_stats" in s for s in statements)
+        statements.clear()
+        return n
+
+    try:
+        async with store.unit_of_work() as uow:
+            await uow.put(obs(1, "2024-03-01"))  # a day wide: new figures
+        assert upserts() == 1
+        async with store.unit_of_work() as uow:
+            await uow.put(obs(2, "2024-03-05"))  # no wider than what is known
+        assert upserts() == 0
+        with pytest.raises(RuntimeError):
+            async with store.unit_of_work() as uow:
+                await uow.put(obs(3, "2024"))  # a year wide, rolled back
+                raise RuntimeError("abort")
+        assert upserts() == 1
+        async with store.unit_of_work() as uow:
+            await uow.put(obs(4, "2024"))  # so it is written again
+        assert upserts() == 1
+        (span,) = store.reader.execute("SELECT max(span) FROM idx_date_stats").fetchone()
+        assert span >= 365 * 86_400 * 1_000_000 - 1
+    finally:
+        store.writer.set_trace_callback(None)
+        await store.close()

@@ -306,6 +306,35 @@ def _check_span(count: int) -> None:
         )
 
 
+class DateStats:
+    """What a writer knows to be in ``idx_date_stats`` already, so that a write whose
+    date rows raise no figure skips the statement (most writes): the figures of
+    committed units of work, and of the unit in progress (forgotten on rollback). The
+    table only ever grows, so knowing less than it holds costs a redundant statement,
+    never a wrong figure."""
+
+    __slots__ = ("committed", "pending")
+
+    def __init__(self) -> None:
+        self.committed: dict[int, tuple[int, int]] = {}
+        self.pending: dict[int, tuple[int, int]] = {}
+
+    def raises(self, key: int, span: int, multi: int) -> bool:
+        known = self.pending.get(key) or self.committed.get(key)
+        if known is not None and known[0] >= span and known[1] >= multi:
+            return False
+        old = known or (0, 0)
+        self.pending[key] = (max(old[0], span), max(old[1], multi))
+        return True
+
+    def commit(self) -> None:
+        self.committed.update(self.pending)
+        self.pending.clear()
+
+    def rollback(self) -> None:
+        self.pending.clear()
+
+
 def write(
     conn: sqlite3.Connection,
     rid: int,
@@ -313,12 +342,13 @@ def write(
     resource: dict[str, Any],
     *,
     fresh: bool = False,
+    stats: DateStats | None = None,
 ) -> None:
     """Replace the index rows of a resource (``fresh``: it has none yet)."""
     if not fresh:
         delete(conn, rid)
     e = extract(resource, registry())
-    _insert(conn, resource_type, rid, e)
+    _insert(conn, resource_type, rid, e, stats=stats)
     conn.execute(
         "INSERT INTO idx_fulltext (rowid, text, content) VALUES (?, ?, ?)",
         (rid, fulltext.text_words(resource), fulltext.content_words(resource)),
@@ -331,6 +361,8 @@ def _insert(
     rid: int,
     entries: IndexEntries,
     first: dict[str, int] | None = None,
+    *,
+    stats: DateStats | None = None,
 ) -> None:
     """Insert the index rows of one resource's ``entries``, each table's numbered from
     ``first[table]`` (default 0) within the resource's rowid range."""
@@ -346,10 +378,15 @@ def _insert(
             [(base + i, rid, k(resource_type, c), *rest) for i, (c, *rest) in enumerate(values)],
         )
     if entries.dates:
-        _note_dates(conn, resource_type, entries.dates)
+        _note_dates(conn, resource_type, entries.dates, stats)
 
 
-def _note_dates(conn: sqlite3.Connection, resource_type: str, rows: Iterable[DateRow]) -> None:
+def _note_dates(
+    conn: sqlite3.Connection,
+    resource_type: str,
+    rows: Iterable[DateRow],
+    stats: DateStats | None = None,
+) -> None:
     """Raise the ``idx_date_stats`` of the parameters of one resource's date rows (all
     of its rows of each parameter): the widest finite range, and whether it has several
     rows of a parameter. Figures are never lowered (deletes and updates leave them), so
@@ -360,12 +397,17 @@ def _note_dates(conn: sqlite3.Connection, resource_type: str, rows: Iterable[Dat
         if lo > values.MIN_TIME and hi < values.MAX_TIME:
             span = max(span, hi - lo)
         seen[code] = (n + 1, span)
+    figures = [(_key(resource_type, c), span, int(n > 1)) for c, (n, span) in seen.items()]
+    if stats is not None:
+        figures = [f for f in figures if stats.raises(*f)]
+        if not figures:
+            return
     conn.executemany(
         "INSERT INTO idx_date_stats (param, span, multi) VALUES (?, ?, ?)"
         " ON CONFLICT (param) DO UPDATE SET span = max(span, excluded.span),"
         " multi = max(multi, excluded.multi)"
         " WHERE excluded.span > span OR excluded.multi > multi",
-        [(_key(resource_type, c), span, int(n > 1)) for c, (n, span) in seen.items()],
+        figures,
     )
 
 

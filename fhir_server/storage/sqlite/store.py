@@ -139,8 +139,9 @@ def _read_current(conn: sqlite3.Connection, resource_type: str, id: str) -> Stor
 
 
 class _SqliteUnitOfWork:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, stats: search_index.DateStats) -> None:
         self._conn = conn
+        self._stats = stats
 
     async def read(self, resource_type: str, id: str) -> StoredVersion | None:
         return _read_current(self._conn, resource_type, id)
@@ -195,7 +196,12 @@ class _SqliteUnitOfWork:
             search_index.delete(conn, rid)
         else:
             search_index.write(
-                conn, rid, version.resource_type, version.resource, fresh=row is None
+                conn,
+                rid,
+                version.resource_type,
+                version.resource,
+                fresh=row is None,
+                stats=self._stats,
             )
         return StoredVersion(
             version.resource_type,
@@ -233,6 +239,7 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._checkpointer: _Checkpointer | None = None
+        self._date_stats = search_index.DateStats()
 
     async def open(self) -> None:
         self._writer = connect(self.path)
@@ -346,11 +353,17 @@ class SqliteStore:
             conn = self.writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield _SqliteUnitOfWork(conn)
+                yield _SqliteUnitOfWork(conn, self._date_stats)
             except BaseException:
+                self._date_stats.rollback()
                 conn.execute("ROLLBACK")
                 raise
             else:
-                conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    self._date_stats.rollback()
+                    raise
+                self._date_stats.commit()
                 if self._checkpointer is not None:
                     self._checkpointer.committed()

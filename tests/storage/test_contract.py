@@ -55,6 +55,20 @@ async def test_version_must_follow(any_store: Store) -> None:
         await put(any_store, version("Patient", "p2", 3))
 
 
+async def test_a_refused_first_version_leaves_the_unit_of_work_usable(any_store: Store) -> None:
+    """A create of an existing id is a conflict; the unit of work goes on and commits
+    the rest, and the existing resource is unchanged."""
+    await put(any_store, version("Patient", "u1", 1))
+    async with any_store.unit_of_work() as uow:
+        with pytest.raises(VersionConflict) as refused:
+            await uow.put(version("Patient", "u1", 1))
+        assert refused.value.actual == 1
+        await uow.put(version("Patient", "u2", 1))
+    assert (await any_store.read("Patient", "u2")) is not None
+    page = await any_store.history(HistoryQuery("Patient", "u1"))
+    assert [v.version for v in page.versions] == [1]
+
+
 async def test_delete_keeps_history(any_store: Store) -> None:
     await put(any_store, version("Patient", "d", 1))
     await put(any_store, version("Patient", "d", 2, deleted=True))

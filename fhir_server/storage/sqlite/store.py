@@ -131,6 +131,14 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _current_row(conn: sqlite3.Connection, resource_type: str, id: str) -> tuple[int, int] | None:
+    """(rid, version) of a stored resource, deleted or not."""
+    row = conn.execute(
+        "SELECT rid, version FROM resource WHERE type = ? AND id = ?", (resource_type, id)
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
 def _read_current(conn: sqlite3.Connection, resource_type: str, id: str) -> StoredVersion | None:
     row = conn.execute(
         f"SELECT {_VERSION_COLS} FROM resource WHERE type = ? AND id = ?", (resource_type, id)
@@ -148,28 +156,24 @@ class _SqliteUnitOfWork:
 
     async def put(self, version: NewVersion) -> StoredVersion:
         conn = self._conn
-        row = conn.execute(
-            "SELECT rid, version FROM resource WHERE type = ? AND id = ?",
-            (version.resource_type, version.id),
-        ).fetchone()
-        current = row[1] if row else None
-        if version.version != (current or 0) + 1:
-            raise VersionConflict(version.resource_type, version.id, version.version - 1, current)
-        if row is None:
-            rid = conn.execute(
-                "INSERT INTO resource (type, id, version, last_updated, method, content)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    version.resource_type,
-                    version.id,
-                    version.version,
-                    version.last_updated,
-                    version.method,
-                    version.content,
-                ),
-            ).lastrowid
-            assert rid is not None
+        row: tuple[int, int] | None = None
+        if version.version == 1:
+            # a first version: the resource must not exist, which the UNIQUE (type, id)
+            # constraint checks while inserting (no lookup first: most writes create)
+            try:
+                rid = self._insert_new(version)
+            except sqlite3.IntegrityError:
+                found = _current_row(conn, version.resource_type, version.id)
+                current = found[1] if found else None
+                raise VersionConflict(
+                    version.resource_type, version.id, version.version - 1, current
+                ) from None
         else:
+            row = _current_row(conn, version.resource_type, version.id)
+            if row is None or version.version != row[1] + 1:
+                raise VersionConflict(
+                    version.resource_type, version.id, version.version - 1, row and row[1]
+                )
             rid = row[0]
             conn.execute(
                 "UPDATE resource SET version = ?, last_updated = ?, method = ?, content = ?"
@@ -211,6 +215,22 @@ class _SqliteUnitOfWork:
             version.method,
             version.content,
         )
+
+    def _insert_new(self, version: NewVersion) -> int:
+        rid = self._conn.execute(
+            "INSERT INTO resource (type, id, version, last_updated, method, content)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                version.resource_type,
+                version.id,
+                version.version,
+                version.last_updated,
+                version.method,
+                version.content,
+            ),
+        ).lastrowid
+        assert rid is not None
+        return rid
 
     async def search(
         self,

@@ -169,6 +169,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         unknown_extensions=args.unknown_extensions,
         allowed_extension_domains=tuple(args.allow_extension_domain),
         example_urls=args.example_urls,
+        validate_contained=args.validate_contained,
+        resolve_references=args.resolve_references,
     )
     return validate_files([Path(f) for f in args.files], profile=args.profile, options=options)
 
@@ -313,6 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         dest="example_urls",
         action="store_false",
         help="URLs in domains reserved for examples (example.org ...) are errors",
+    )
+    check.add_argument(
+        "--ignore-contained",
+        dest="validate_contained",
+        action="store_false",
+        help="do not validate the content of contained resources (nor dom-3)",
+    )
+    check.add_argument(
+        "--resolve-references",
+        action="store_true",
+        help="references between the resources of a Parameters must resolve among them",
     )
     check.set_defaults(func=cmd_validate)
     client = sub.add_parser("client", help="register or remove OAuth clients")

@@ -12,7 +12,11 @@ resource's ``meta.profile`` and ``--profile``; the policy options
   error (``--allow-extension-domain PREFIX``, repeatable, exempts URLs under a prefix);
 * ``--security-checks``: HTML tags in string values are errors;
 * ``--no-html-in-markdown``: raw HTML tags in markdown are errors;
-* ``--no-example-urls``: URLs in example domains (example.org ...) are errors.
+* ``--no-example-urls``: URLs in example domains (example.org ...) are errors;
+* ``--resolve-references``: references between the resources of a Parameters must
+  resolve among them.
+
+and ``--ignore-contained`` makes it laxer: contained resources are not validated.
 
 The exit code is 0 when no resource has an error, 1 when some has, and 2 when a file
 cannot be read or parsed at all (it is reported as an OperationOutcome too).

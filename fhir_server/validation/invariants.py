@@ -443,11 +443,12 @@ def _for_child(td_name: str, path: str, type_code: str, kind: int) -> tuple[Inva
 
 
 class _Walk:
-    __slots__ = ("best_practice", "issues")
+    __slots__ = ("best_practice", "contained", "issues")
 
-    def __init__(self, best_practice: bool) -> None:
+    def __init__(self, best_practice: bool, contained: bool = True) -> None:
         self.issues: list[Issue] = []
         self.best_practice = best_practice
+        self.contained = contained
 
     def check(
         self,
@@ -461,6 +462,8 @@ class _Walk:
     ) -> None:
         for inv in invariants:
             if inv.best_practice and not self.best_practice:
+                continue
+            if inv.key == "dom-3" and not self.contained:
                 continue
             native = _NATIVE_CHECKS.get(inv.key) if inv.key in NATIVE else None
             if native is not None:
@@ -524,7 +527,8 @@ class _Walk:
             # a contained resource keeps its container as %rootResource; a Bundle
             # entry or a Parameters resource is a root of its own
             if child.element.name == "contained":
-                self.resource(item, expr, root, contained=True)
+                if self.contained:
+                    self.resource(item, expr, root, contained=True)
             else:
                 self.resource(item, expr, None)
             return
@@ -649,14 +653,17 @@ def _items(value: Any, expr: str) -> Iterator[tuple[Any, str]]:
         yield value, expr
 
 
-def check_invariants(resource: Any, *, best_practice: bool = False) -> list[Issue]:
+def check_invariants(
+    resource: Any, *, best_practice: bool = False, contained: bool = True
+) -> list[Issue]:
     """Evaluate the base invariants on every element of a parsed resource.
 
     Run it on a resource that passed the structure validator: elements it cannot
     place are ignored here. ``best_practice=True`` adds the constraints flagged as
     best practice (dom-6 "a resource should have narrative" ...), which the reference
-    validator also ignores by default."""
-    walk = _Walk(best_practice)
+    validator also ignores by default. ``contained=False`` leaves contained resources
+    out (their invariants, and dom-3: whether each is referenced)."""
+    walk = _Walk(best_practice, contained)
     if type(resource) is dict and isinstance(resource.get("resourceType"), str):
         with contextlib.suppress(RecursionError):  # reported by the structure validator
             walk.resource(resource, resource["resourceType"], None)

@@ -28,6 +28,19 @@ validator has the same ones, and HL7's validator test cases set them per case):
   a domain reserved for examples (RFC 2606: ``example.com``, ``example.net``,
   ``example.org`` and their subdomains, or a name under ``.example``) is an error:
   content meant for real use should not point at example addresses.
+* ``validate_contained`` -- when False, contained resources are treated as opaque: only
+  that each is a JSON object with a known ``resourceType`` (so ``#id`` references can
+  resolve) is checked, not their content (base definitions, invariants inside them,
+  profiles, extensions), nor whether each is referenced from its container (dom-3).
+  The container's own rules about them still apply (dom-2, dom-4, dom-5, and ref-1 for
+  its ``#id`` references). For a caller that validates contained resources by other
+  means, or not at all (the reference validator's ``validateContains=IGNORE``).
+
+* ``resolve_references`` -- when True, a relative reference (``Type/id``) between the
+  resources of a Parameters must resolve to one of them (by type and id, and
+  ``meta.versionId`` when versioned): a Parameters carrying related resources (the
+  Coverage and the Patient of ``$member-match``) should be complete. Off by default,
+  as the target may exist on a server (:mod:`.references`).
 
 ``$validate`` answers "would this write be accepted", so it uses the write defaults;
 the CLI exposes every option (``fhir-server validate --help``).
@@ -62,6 +75,8 @@ class ValidationOptions:
     unknown_extensions: UnknownExtensions = "accept"
     allowed_extension_domains: tuple[str, ...] = ()
     example_urls: bool = True
+    validate_contained: bool = True
+    resolve_references: bool = False
 
     @property
     def checks_primitives(self) -> bool:

@@ -12,7 +12,12 @@ profile says beyond the base definitions, which the structure validator checks a
 * ``fixed[x]`` (exactly equal) and ``pattern[x]`` (the pattern's content present);
 * bindings: required -> error, extensible -> warning when the code is not in the
   value set, resolved through a :data:`~fhir_server.validation.valuesets.TerminologyLookup`
-  (value sets that cannot be resolved are not checked);
+  (value sets that cannot be resolved are not checked); additional bindings (R5's
+  ``binding.additional``, in R4 as the cross-version extension
+  :data:`ADDITIONAL_BINDING`) of purpose ``required`` or ``maximum`` -> error,
+  ``extensible`` -> warning; the other purposes (``preferred``, ``ui``, ``current``,
+  ``minimum`` ...) guide implementers and constrain no instance, and an additional
+  binding limited to a ``usage`` context is not applied (its context is not known);
 * ``maxLength``, ``minValue[x]``/``maxValue[x]`` (a Quantity in another UCUM unit is
   converted, :mod:`.ucum`; a Duration on a date, dateTime or instant is relative to
   now: ``minValueDuration`` 100 a = not more than 100 years ago);
@@ -86,6 +91,8 @@ class Elem:
     fixed: Any = None  # (value,) when set
     pattern: Any = None  # (value,) when set
     binding: tuple[str, str] | None = None  # (strength, value set URL)
+    # (purpose, value set URL) of the additional bindings that constrain instances
+    additional_bindings: tuple[tuple[str, str], ...] = ()
     constraints: tuple[Invariant, ...] = ()
     slicing: Slicing | None = None
     slice_name: str | None = None
@@ -147,6 +154,7 @@ def _elem(el: Element, eid: str) -> Elem:
     )
     binding = el.get("binding") or {}
     vs = binding.get("valueSet")
+    additional = _additional_bindings(binding)
     constraints: list[Invariant] = []
     base_keys = _base_constraint_keys()
     for c in el.get("constraint") or ():
@@ -192,6 +200,7 @@ def _elem(el: Element, eid: str) -> Elem:
         binding=(str(binding.get("strength")), vs.split("|", 1)[0])
         if isinstance(vs, str) and binding.get("strength")
         else None,
+        additional_bindings=additional,
         constraints=tuple(constraints),
         slicing=slicing,
         slice_name=el.get("sliceName"),
@@ -200,6 +209,38 @@ def _elem(el: Element, eid: str) -> Elem:
         max_value=_value_of(el, "maxValue"),
         content_reference=cref.split("#", 1)[-1] if isinstance(cref, str) else None,
     )
+
+
+ADDITIONAL_BINDING: Final = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition.binding.additional"
+)
+# additional binding purpose -> the strength it checks instances with
+_ADDITIONAL_STRENGTH: Final = {
+    "required": "required",
+    "maximum": "required",
+    "extensible": "extensible",
+}
+
+
+def _additional_bindings(binding: Any) -> tuple[tuple[str, str], ...]:
+    """(purpose, value set) of the additional bindings of an ElementDefinition.binding
+    that constrain instances (see the module docstring)."""
+    if not isinstance(binding, dict) or "extension" not in binding:
+        return ()
+    found: list[tuple[str, str]] = []
+    for ext in binding.get("extension") or ():
+        if not isinstance(ext, dict) or ext.get("url") != ADDITIONAL_BINDING:
+            continue
+        parts: dict[str, Any] = {}
+        for part in ext.get("extension") or ():
+            if isinstance(part, dict) and isinstance(part.get("url"), str):
+                value = next((v for k, v in part.items() if k.startswith("value")), None)
+                parts.setdefault(part["url"], value)
+        purpose, vs = parts.get("purpose"), parts.get("valueSet")
+        if "usage" in parts or purpose not in _ADDITIONAL_STRENGTH or not isinstance(vs, str):
+            continue
+        found.append((str(purpose), vs.split("|", 1)[0]))
+    return tuple(found)
 
 
 def _type_code(t: dict[str, Any]) -> str:
@@ -564,7 +605,10 @@ class ProfileValidator:
                     rt = item.get("resourceType")
                     if not isinstance(rt, str) or rt not in definitions.resource_types():
                         continue
-                    nested_root = root if child.element.name == "contained" else item
+                    in_container = child.element.name == "contained"
+                    if in_container and not self.options.validate_contained:
+                        continue  # contained resources are opaque
+                    nested_root = root if in_container else item
                     inner = _Holder(rt, rt, rt, None)
                     rtd = definitions.type_definition(rt)
                     self._extensions(item, rtd, rt, inner, at, item, nested_root, issues)
@@ -682,6 +726,9 @@ class _Run:
             self.pattern(e, occ)
         if e.binding is not None:
             self.binding(e, occ)
+        for purpose, url in e.additional_bindings:
+            label = f"value set of an additional binding ({purpose})"
+            self.coded(_ADDITIONAL_STRENGTH[purpose], url, occ, label)
         if e.max_length is not None and type(value) is str and len(value) > e.max_length:
             self.add(
                 "error",
@@ -1116,6 +1163,12 @@ class _Run:
             and base.binding_value_set == url
         ):
             return  # checked by the structure validator
+        self.coded(strength, url, o)
+
+    def coded(self, strength: str, url: str, o: Occ, label: str = "") -> None:
+        """A coded value is in the value set of a required or extensible binding
+        (``label`` names the binding in messages: "required value set" by default)."""
+        label = label or f"{strength} value set"
         codes = self.v.codes(url)
         if codes is None:
             return
@@ -1130,7 +1183,7 @@ class _Run:
                 self.add(
                     severity,
                     "code-invalid",
-                    f"the value '{value}' is not in the {strength} value set {url}{self.where()}",
+                    f"the value '{value}' is not in the {label} {url}{self.where()}",
                     o.expr,
                 )
             return
@@ -1144,8 +1197,7 @@ class _Run:
                 self.add(
                     severity,
                     "code-invalid",
-                    f"the code {system}#{code} is not in the {strength} value set {url}"
-                    f"{self.where()}",
+                    f"the code {system}#{code} is not in the {label} {url}{self.where()}",
                     o.expr,
                 )
             return
@@ -1156,7 +1208,7 @@ class _Run:
                     self.add(
                         "error",
                         "code-invalid",
-                        f"no code provided, and a code from the required value set {url} is "
+                        f"no code provided, and a code from the {label} {url} is "
                         f"needed{self.where()}",
                         o.expr,
                     )
@@ -1166,8 +1218,7 @@ class _Run:
                 self.add(
                     severity,
                     "code-invalid",
-                    f"none of the codes ({shown}) is in the {strength} value set {url}"
-                    f"{self.where()}",
+                    f"none of the codes ({shown}) is in the {label} {url}{self.where()}",
                     o.expr,
                 )
 

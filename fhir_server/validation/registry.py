@@ -15,6 +15,12 @@ locally by :func:`~fhir_server.validation.valuesets.expand_local`), and the
 Questionnaires QuestionnaireResponses are validated against
 (:meth:`ProfileRegistry.questionnaire`, by canonical URL and version).
 
+It also keeps, when given (:data:`SUPPORTING_TYPES`: the supporting files of an offline
+validation; the server keeps only :data:`DEFINITION_TYPES` from writes), the
+ImplementationGuides whose ``global`` profiles apply to every resource of their type
+(:meth:`ProfileRegistry.global_profiles`) and the Measures MeasureReports are checked
+against (:meth:`ProfileRegistry.measure`).
+
 Snapshots are generated on first use from the differential (a StructureDefinition
 that carries a snapshot keeps it) and cached with the compiled profile; adding or
 replacing a definition drops the caches.
@@ -41,6 +47,7 @@ from fhir_server.validation.valuesets import Codes, base_lookup, expand_local
 
 __all__ = [
     "PROFILES_DIR",
+    "SUPPORTING_TYPES",
     "ProfileRegistry",
     "RegistryError",
     "canonical",
@@ -54,6 +61,9 @@ PROFILES_DIR: Final = Path(__file__).resolve().parents[2] / "profiles"
 DEFINITION_TYPES: Final = frozenset(
     {"StructureDefinition", "ValueSet", "CodeSystem", "Questionnaire"}
 )
+# Resource types a registry keeps when they are given to it, besides the definitions:
+# ImplementationGuides (their global profiles) and Measures (for MeasureReports).
+SUPPORTING_TYPES: Final = frozenset({"ImplementationGuide", "Measure"})
 
 
 class RegistryError(ValueError):
@@ -85,6 +95,8 @@ class ProfileRegistry:
         self._code_systems: dict[str, dict[str, Any]] = {}
         # canonical URL -> the registered versions, the latest registration last
         self._questionnaires: dict[str, list[dict[str, Any]]] = {}
+        self._guides: dict[str, dict[str, Any]] = {}
+        self._measures: dict[str, list[dict[str, Any]]] = {}
         self._snapshots: dict[str, list[Element]] = {}
         self._compiled: dict[str, Any] = {}
         self._codes: dict[str, Codes | None] = {}
@@ -102,6 +114,8 @@ class ProfileRegistry:
             other._value_sets = dict(self._value_sets)
             other._code_systems = dict(self._code_systems)
             other._questionnaires = {k: list(v) for k, v in self._questionnaires.items()}
+            other._guides = dict(self._guides)
+            other._measures = {k: list(v) for k, v in self._measures.items()}
             other._core = self._core
             return other
 
@@ -118,16 +132,19 @@ class ProfileRegistry:
             self._core_loaded = True
 
     def add(self, resource: dict[str, Any]) -> list[str]:
-        """Register a StructureDefinition, ValueSet, CodeSystem or Questionnaire (or
-        every one of them in a Bundle); returns the URLs registered. A later definition
-        with the same URL replaces the earlier one (for a Questionnaire: the one with
-        the same URL and version)."""
+        """Register a StructureDefinition, ValueSet, CodeSystem, Questionnaire,
+        ImplementationGuide or Measure (or every one of them in a Bundle); returns the
+        URLs registered. A later definition with the same URL replaces the earlier one
+        (for a Questionnaire or a Measure: the one with the same URL and version)."""
         rt = resource.get("resourceType")
         if rt == "Bundle":
             urls: list[str] = []
             for entry in resource.get("entry") or ():
                 r = entry.get("resource") if isinstance(entry, dict) else None
-                if isinstance(r, dict) and r.get("resourceType") in DEFINITION_TYPES:
+                if isinstance(r, dict) and (
+                    r.get("resourceType") in DEFINITION_TYPES
+                    or r.get("resourceType") in SUPPORTING_TYPES
+                ):
                     urls += self.add(r)
             return urls
         url = resource.get("url")
@@ -148,13 +165,15 @@ class ProfileRegistry:
                 self._value_sets[url] = resource
             elif rt == "CodeSystem":
                 self._code_systems[url] = resource
-            elif rt == "Questionnaire":
+            elif rt in ("Questionnaire", "Measure"):
+                kept = self._questionnaires if rt == "Questionnaire" else self._measures
                 version = resource.get("version")
-                versions = [
-                    q for q in self._questionnaires.get(url, ()) if q.get("version") != version
-                ]
-                self._questionnaires[url] = [*versions, resource]
-                return [url]  # nothing compiled depends on a Questionnaire
+                versions = [q for q in kept.get(url, ()) if q.get("version") != version]
+                kept[url] = [*versions, resource]
+                return [url]  # nothing compiled depends on a Questionnaire or Measure
+            elif rt == "ImplementationGuide":
+                self._guides[url] = resource
+                return [url]
             else:
                 raise RegistryError(f"a {rt} is not a definition the validator uses")
             self._invalidate()
@@ -167,6 +186,8 @@ class ProfileRegistry:
             self._value_sets.pop(url, None)
             self._code_systems.pop(url, None)
             self._questionnaires.pop(url, None)
+            self._guides.pop(url, None)
+            self._measures.pop(url, None)
             self._invalidate()
 
     def _invalidate(self) -> None:
@@ -192,6 +213,7 @@ class ProfileRegistry:
                 continue
             if not isinstance(data, dict) or (
                 data.get("resourceType") not in DEFINITION_TYPES
+                and data.get("resourceType") not in SUPPORTING_TYPES
                 and data.get("resourceType") != "Bundle"
             ):
                 continue
@@ -367,19 +389,51 @@ class ProfileRegistry:
         """The Questionnaire registered for a canonical URL: with ``|version``, the one
         with that version; without, the latest registered. ``Questionnaire/id`` finds
         one whose URL ends with it."""
-        base, _, version = url.partition("|")
-        found = self._questionnaires.get(base)
-        if not found and base.startswith("Questionnaire/"):
-            # a relative reference (as in the R4 examples): the one whose URL ends so
-            found = next(
-                (qs for key, qs in self._questionnaires.items() if key.endswith("/" + base)),
-                None,
-            )
-        if not found:
-            return None
-        if not version:
-            return found[-1]
-        return next((q for q in reversed(found) if q.get("version") == version), None)
+        return _versioned(self._questionnaires, url, "Questionnaire/")
+
+    def measure(self, url: str) -> dict[str, Any] | None:
+        """The Measure registered for a canonical URL (as :meth:`questionnaire`)."""
+        return _versioned(self._measures, url, "Measure/")
+
+    # ------------------------------------------------------------------ guides
+
+    def global_profiles(self, resource_type: str) -> list[tuple[str, str]]:
+        """(profile, ImplementationGuide URL) of every ``ImplementationGuide.global``
+        registered for a resource type: R4 "a profile that all resources of that type
+        must conform to" in the context of the guide."""
+        if not self._guides:
+            return []
+        found: list[tuple[str, str]] = []
+        for url, guide in self._guides.items():
+            entries = guide.get("global")
+            if not isinstance(entries, list):
+                continue
+            for g in entries:
+                if (
+                    isinstance(g, dict)
+                    and g.get("type") == resource_type
+                    and isinstance(g.get("profile"), str)
+                ):
+                    found.append((g["profile"], url))
+        return found
+
+
+def _versioned(
+    kept: dict[str, list[dict[str, Any]]], url: str, relative: str
+) -> dict[str, Any] | None:
+    """The resource kept for a canonical URL: with ``|version``, the one with that
+    version; without, the latest registered. A relative ``Type/id`` finds one whose URL
+    ends with it."""
+    base, _, version = url.partition("|")
+    found = kept.get(base)
+    if not found and base.startswith(relative):
+        # a relative reference (as in the R4 examples): the one whose URL ends so
+        found = next((qs for key, qs in kept.items() if key.endswith("/" + base)), None)
+    if not found:
+        return None
+    if not version:
+        return found[-1]
+    return next((q for q in reversed(found) if q.get("version") == version), None)
 
 
 @cache

@@ -6,9 +6,12 @@
 * :func:`validate_profiles` -- only the profile part, for the write path (which has
   already run the base validation): every ``meta.profile`` the registry knows (an
   unknown one is a warning), the required profiles of the type, and the same for the
-  resources nested in it (contained, Bundle entries); a QuestionnaireResponse is also
+  resources nested in it (contained, Bundle entries); the ``global`` profiles of the
+  ImplementationGuides the registry holds apply to every resource of their type; a
+  QuestionnaireResponse is also
   checked against its Questionnaire (:mod:`.questionnaire`; an unknown one is a
-  warning), as a Questionnaire is a profile of the answers; SearchParameters and
+  warning), as a Questionnaire is a profile of the answers, and a MeasureReport
+  against its Measure when the registry knows it (:mod:`.measure`); SearchParameters and
   CapabilityStatements are checked against the search parameters they derive from or
   name (:mod:`.conformance`).
 
@@ -25,9 +28,11 @@ from fhir_server.errors import Issue, has_errors
 from fhir_server.validation import structure
 from fhir_server.validation.conformance import check_conformance
 from fhir_server.validation.invariants import check_invariants
+from fhir_server.validation.measure import check_measure_report
 from fhir_server.validation.options import DEFAULT, ValidationOptions
 from fhir_server.validation.profile import ProfileValidator, iter_nested_resources
 from fhir_server.validation.questionnaire import validate_response
+from fhir_server.validation.references import check_parameters
 from fhir_server.validation.registry import ProfileRegistry, canonical, default_registry
 from fhir_server.validation.valuesets import TerminologyLookup, chain
 
@@ -117,19 +122,28 @@ def validate_profiles(
         return issues
     _one(validator, resource, rt, profiles, required_profiles, meta_profiles, issues)
     issues += check_conformance(resource, rt)
+    if rt == "Parameters" and options.resolve_references:
+        issues += check_parameters(resource, rt)
     responses = [(resource, rt)] if rt == "QuestionnaireResponse" else []
+    reports = [(resource, rt)] if rt == "MeasureReport" else []
     # only Bundle.entry.resource, Bundle.entry.response.outcome, Parameters.parameter
     # .resource and contained hold resources in R4 (checked by a test): skip the walk
     nested_possible = rt in ("Bundle", "Parameters") or "contained" in resource
     for nested, where in iter_nested_resources(resource, rt) if nested_possible else ():
         nrt = nested.get("resourceType")
+        if not options.validate_contained and ".contained[" in where:
+            continue  # contained resources are opaque (options.validate_contained)
         if isinstance(nrt, str):
             _one(validator, nested, where, (), required_profiles, meta_profiles, issues)
             issues += check_conformance(nested, where)
             if nrt == "QuestionnaireResponse":
                 responses.append((nested, where))
+            elif nrt == "MeasureReport":
+                reports.append((nested, where))
     if _has_extensions(resource):
         issues += validator.extensions(resource, rt)
+    for report, where in reports:
+        issues += check_measure_report(report, where, reg.measure)
     for response, where in responses:
         issues += validate_response(
             response,
@@ -175,6 +189,7 @@ def _one(
     if meta_profiles:
         wanted += [(u, "meta") for u in _meta_profiles(resource)]
     wanted += [(u, "required") for u in _required_for(rt, required)]
+    wanted += [(u, "global " + ig) for u, ig in validator.registry.global_profiles(rt)]
     for url, why in wanted:
         key = canonical(url)
         if key in done:
@@ -188,6 +203,16 @@ def _one(
                         "not-found",
                         f"profile {url} in meta.profile is unknown to this server: not checked",
                         (f"{where}.meta.profile",),
+                    )
+                )
+            elif why.startswith("global "):
+                issues.append(
+                    Issue(
+                        "warning",
+                        "not-found",
+                        f"profile {url}, global for {rt} in the ImplementationGuide "
+                        f"{why[7:]}, is unknown to this server: not checked",
+                        (where,),
                     )
                 )
             else:
@@ -243,7 +268,9 @@ def validate(
     if has_errors(issues) or not isinstance(resource, dict):
         return dedupe(issues)
     if invariants:
-        issues += check_invariants(resource, best_practice=best_practice)
+        issues += check_invariants(
+            resource, best_practice=best_practice, contained=options.validate_contained
+        )
     issues += validate_profiles(
         resource,
         profiles=profiles,

@@ -46,6 +46,7 @@ from fhir_server.definitions import BACKBONE, PRIMITIVE, RESOURCE, Child, TypeDe
 from fhir_server.errors import Issue, IssueCode
 from fhir_server.validation import primitives
 from fhir_server.validation.options import DEFAULT, ValidationOptions
+from fhir_server.validation.references import check_document
 
 _ID: Final = r"[A-Za-z0-9\-\.]{1,64}"
 _RELATIVE_REF: Final = re.compile(rf"([A-Z][A-Za-z]+)/{_ID}(?:/_history/{_ID})?", re.ASCII)
@@ -123,6 +124,9 @@ class _Walker:
             )
             return
         expr = expr or rt
+        if contained and not self.options.validate_contained:
+            self.contained_rules(res, expr)  # the container's rules (dom-2/4/5) only
+            return
         td = definitions.type_definition(rt)
         ids = container_ids if contained else _contained_ids(res.get("contained"))
         self.depth += 1
@@ -137,8 +141,9 @@ class _Walker:
 
     def bundle_rules(self, bundle: dict[str, Any], expr: str) -> None:
         """Bundle rules the reference validator applies beyond the invariants: a link
-        relation occurs once (bundle.html#links), and entry.fullUrl is an absolute URL
-        or a urn:uuid:/urn:oid: (Bundle.entry.fullUrl's definition)."""
+        relation occurs once (bundle.html#links), entry.fullUrl is an absolute URL
+        or a urn:uuid:/urn:oid: (Bundle.entry.fullUrl's definition), and a document
+        includes what its Composition refers to (:func:`.references.check_document`)."""
         links = bundle.get("link")
         if isinstance(links, list):
             seen: set[str] = set()
@@ -163,6 +168,8 @@ class _Walker:
                         f" '{full_url}')",
                         f"{expr}.entry[{i}].fullUrl",
                     )
+        if bundle.get("type") == "document":
+            self.issues += check_document(bundle, expr)
 
     def contained_rules(self, res: dict[str, Any], expr: str) -> None:
         if "contained" in res:

@@ -213,6 +213,52 @@ def test_unknown_extensions_can_be_errors_anywhere() -> None:
     assert allowed == []
 
 
+def test_contained_resources_can_be_left_unvalidated() -> None:
+    """validate_contained=False: contained content (structure, invariants inside,
+    profiles, extensions) and dom-3 are not checked; the container's rules are."""
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/1"},
+        "contained": [
+            {
+                "resourceType": "Practitioner",
+                "id": "x" * 65,  # not a valid id
+                "gender": "banana",
+                "name": [{"family": "P", "period": {"start": "2020", "end": "2019"}}],
+                "modifierExtension": [{"url": "http://other.org/m", "valueBoolean": True}],
+            },
+            {"resourceType": "Organization", "id": "o"},  # not referenced: dom-3
+        ],
+    }
+    assert sorted(error_places(condition, unknown_extensions="error")) == [
+        "Condition.contained[0].gender",
+        "Condition.contained[0].id",
+    ]
+    no_structure = {**condition, "contained": [{**condition["contained"][0], "id": "p"}]}
+    del no_structure["contained"][0]["gender"]
+    found = error_places(no_structure, unknown_extensions="error")
+    assert "Condition.contained[0].name[0].period" in found  # per-1
+    assert "Condition.contained[0]" in found  # dom-3
+    assert "Condition.contained[0].modifierExtension[0]" in found
+    lax = {"unknown_extensions": "error", "validate_contained": False}
+    assert errors(condition, **lax) == []
+    assert errors(no_structure, **lax) == []
+    # still the container's: a known resource type, dom-2/4/5, #id references (ref-1)
+    bad = {
+        **condition,
+        "subject": {"reference": "#nowhere"},
+        "contained": [
+            {"resourceType": "Banana"},
+            {"resourceType": "Patient", "id": "p", "meta": {"versionId": "1"}},
+        ],
+    }
+    assert sorted(error_places(bad, **lax)) == [
+        "Condition.contained[0].resourceType",
+        "Condition.contained[1].meta.versionId",
+        "Condition.subject.reference",
+    ]
+
+
 def test_default_options_are_the_shared_plain_checkers() -> None:
     """The default options add no work to primitive checks (the write path)."""
     from fhir_server.validation import structure

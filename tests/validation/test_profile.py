@@ -259,6 +259,68 @@ def test_required_and_extensible_bindings() -> None:
     assert found(check(text_only, reg, EX + "bind")) == [("error", "Patient.maritalStatus")]
 
 
+def additional(purpose: str, value_set: str = VS_COLOURS, **more: Any) -> dict[str, Any]:
+    parts = [
+        {"url": "purpose", "valueCode": purpose},
+        {"url": "valueSet", "valueCanonical": value_set},
+    ]
+    parts += [{"url": k, **v} for k, v in more.items()]
+    return {
+        "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition.binding.additional",
+        "extension": parts,
+    }
+
+
+def test_additional_bindings() -> None:
+    """R5's binding.additional (the R4 cross-version extension): purposes required and
+    maximum are errors, extensible a warning, the others and usage-limited ones are
+    not applied."""
+
+    def binding(*extensions: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "strength": "example",
+            "valueSet": "http://x/example",
+            "extension": list(extensions),
+        }
+
+    reg = registry(
+        sd(
+            "more",
+            "Patient",
+            el("Patient.maritalStatus", binding=binding(additional("required"))),
+            el("Patient.contact.relationship", binding=binding(additional("extensible"))),
+            el("Patient.communication.language", binding=binding(additional("maximum"))),
+        )
+    )
+    red = {"coding": [{"system": CS_COLOURS, "code": "red"}]}
+    ok = patient(
+        maritalStatus=red,
+        contact=[{"name": {"family": "x"}, "relationship": [red]}],
+        communication=[{"language": red}],
+    )
+    assert check(ok, reg, EX + "more") == []
+    blue = {"coding": [{"system": CS_COLOURS, "code": "blue"}]}
+    bad = patient(
+        maritalStatus=blue,
+        contact=[{"name": {"family": "x"}, "relationship": [blue]}],
+        communication=[{"language": blue}],
+    )
+    issues = check(bad, reg, EX + "more")
+    assert found(issues) == [
+        ("error", "Patient.maritalStatus"),
+        ("warning", "Patient.contact[0].relationship[0]"),
+        ("error", "Patient.communication[0].language"),
+    ]
+    assert "additional binding (required)" in issues[0].diagnostics
+    others = binding(
+        additional("preferred"),
+        additional("ui"),
+        additional("required", usage={"valueUsageContext": {"code": {"code": "x"}}}),
+    )
+    reg.add(sd("others", "Patient", el("Patient.maritalStatus", binding=others)))
+    assert check(bad, reg, EX + "others") == []
+
+
 def test_bindings_use_the_pluggable_lookup() -> None:
     reg = registry(
         sd(

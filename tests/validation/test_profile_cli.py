@@ -120,3 +120,44 @@ def test_allowed_extension_domains_and_markdown_flags(
     assert main(["validate", str(path)]) == 0
     assert main(["validate", str(path), "--no-html-in-markdown"]) == 1
     capsys.readouterr()
+
+
+def test_ignore_contained_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fhir_server.cli import main
+
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/1"},
+        "contained": [{"resourceType": "Practitioner", "id": "p" * 65}],
+    }
+    path = write(tmp_path, "c.json", condition)
+    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path), "--ignore-contained"]) == 0
+    capsys.readouterr()
+
+
+def test_resolve_references_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fhir_server.cli import main
+
+    params = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "p", "resource": {"resourceType": "Patient", "id": "1"}},
+            {
+                "name": "c",
+                "resource": {
+                    "resourceType": "Coverage",
+                    "status": "active",
+                    "beneficiary": {"reference": "Patient/2"},
+                    "payor": [{"reference": "Patient/1"}],
+                },
+            },
+        ],
+    }
+    path = write(tmp_path, "p.json", params)
+    assert main(["validate", str(path)]) == 0
+    assert main(["validate", str(path), "--resolve-references"]) == 1
+    outcome = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [i["expression"] for i in outcome["issue"] if i["severity"] == "error"] == [
+        ["Parameters.parameter[1].resource.beneficiary.reference"]
+    ]

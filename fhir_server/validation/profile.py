@@ -52,6 +52,7 @@ from fhir_server.validation.invariants import Invariant
 from fhir_server.validation.options import DEFAULT, ValidationOptions, extension_allowed
 from fhir_server.validation.snapshot import Element, element_ids
 from fhir_server.validation.valuesets import Codes, TerminologyLookup
+from fhir_server.validation.walk import complex_items
 
 if TYPE_CHECKING:
     from fhir_server.validation.registry import ProfileRegistry
@@ -1560,27 +1561,14 @@ def iter_nested_resources(resource: Any, expr: str) -> Iterator[tuple[dict[str, 
 def _nested(
     obj: dict[str, Any], td: definitions.TypeDef, path: str, expr: str
 ) -> Iterator[tuple[dict[str, Any], str]]:
-    kids = td.children.get(path)
-    if kids is None:
-        return
-    for key, value in obj.items():
-        child = kids.get(key)
-        if child is None or child.kind == PRIMITIVE:
-            continue
-        items = value if type(value) is list else [value]
-        for i, item in enumerate(items):
-            if type(item) is not dict:
-                continue
-            where = f"{expr}.{key}[{i}]" if type(value) is list else f"{expr}.{key}"
-            if child.kind == RESOURCE:
-                rt = item.get("resourceType")
-                if isinstance(rt, str) and rt in definitions.resource_types():
-                    yield item, where
-                    yield from _nested(item, definitions.type_definition(rt), rt, where)
-            elif child.kind == BACKBONE:
-                yield from _nested(item, td, child.content_path, where)
-            elif child.type_code in ("Extension", "Reference", "Meta", "Narrative", "Coding"):
-                continue
-            else:
-                ctd = definitions.type_definition(child.type_code)
-                yield from _nested(item, ctd, child.type_code, where)
+    for _, child, item, where in complex_items(obj, td, path, expr):
+        if child.kind == RESOURCE:
+            rt = item.get("resourceType")
+            if isinstance(rt, str) and rt in definitions.resource_types():
+                yield item, where
+                yield from _nested(item, definitions.type_definition(rt), rt, where)
+        elif child.kind == BACKBONE:
+            yield from _nested(item, td, child.content_path, where)
+        elif child.type_code not in ("Extension", "Reference", "Meta", "Narrative", "Coding"):
+            ctd = definitions.type_definition(child.type_code)
+            yield from _nested(item, ctd, child.type_code, where)

@@ -43,8 +43,9 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from fhir_server import definitions
-from fhir_server.definitions import BACKBONE, PRIMITIVE, RESOURCE
+from fhir_server.definitions import BACKBONE, RESOURCE
 from fhir_server.errors import Issue
+from fhir_server.validation.walk import complex_items
 
 __all__ = ["check_document", "check_parameters"]
 
@@ -201,35 +202,20 @@ def _typed_references(
 ) -> Iterator[tuple[str, str]]:
     """Every literal reference of a resource (its contained resources included, other
     nested resources not: they resolve in their own context)."""
-    kids = td.children.get(path)
-    if kids is None:
-        return
-    for key, value in obj.items():
-        child = kids.get(key)
-        if child is None or child.kind == PRIMITIVE:
-            continue
-        items = value if type(value) is list else [value]
-        for i, item in enumerate(items):
-            if type(item) is not dict:
-                continue
-            where = f"{expr}.{key}[{i}]" if type(value) is list else f"{expr}.{key}"
-            if child.kind == RESOURCE:
-                rt = item.get("resourceType")
-                if (
-                    key == "contained"
-                    and isinstance(rt, str)
-                    and rt in definitions.resource_types()
-                ):
-                    yield from _typed_references(item, definitions.type_definition(rt), rt, where)
-            elif child.kind == BACKBONE:
-                yield from _typed_references(item, td, child.content_path, where)
-            elif child.type_code == "Reference":
-                ref = item.get("reference")
-                if isinstance(ref, str):
-                    yield ref, f"{where}.reference"
-            elif child.type_code not in ("Extension", "Meta", "Narrative", "Coding"):
-                ctd = definitions.type_definition(child.type_code)
-                yield from _typed_references(item, ctd, child.type_code, where)
+    for key, child, item, where in complex_items(obj, td, path, expr):
+        if child.kind == RESOURCE:
+            rt = item.get("resourceType")
+            if key == "contained" and isinstance(rt, str) and rt in definitions.resource_types():
+                yield from _typed_references(item, definitions.type_definition(rt), rt, where)
+        elif child.kind == BACKBONE:
+            yield from _typed_references(item, td, child.content_path, where)
+        elif child.type_code == "Reference":
+            ref = item.get("reference")
+            if isinstance(ref, str):
+                yield ref, f"{where}.reference"
+        elif child.type_code not in ("Extension", "Meta", "Narrative", "Coding"):
+            ctd = definitions.type_definition(child.type_code)
+            yield from _typed_references(item, ctd, child.type_code, where)
 
 
 def check_parameters(parameters: dict[str, Any], expr: str) -> list[Issue]:

@@ -131,6 +131,12 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _columns(v: NewVersion) -> tuple[str, str, int, str, str, bytes | None]:
+    """A version's values for the ``type, id, version, last_updated, method, content``
+    columns of ``resource`` and ``history``."""
+    return (v.resource_type, v.id, v.version, v.last_updated, v.method, v.content)
+
+
 def _current_row(conn: sqlite3.Connection, resource_type: str, id: str) -> tuple[int, int] | None:
     """(rid, version) of a stored resource, deleted or not."""
     row = conn.execute(
@@ -183,15 +189,7 @@ class _SqliteUnitOfWork:
         conn.execute(
             "INSERT INTO history (rid, type, id, version, last_updated, method, content)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                rid,
-                version.resource_type,
-                version.id,
-                version.version,
-                version.last_updated,
-                version.method,
-                version.content,
-            ),
+            (rid, *_columns(version)),
         )
         if version.resource_type == "SearchParameter" and version.resource is not None:
             # a custom search parameter becomes searchable, existing data indexed for it
@@ -220,14 +218,7 @@ class _SqliteUnitOfWork:
         rid = self._conn.execute(
             "INSERT INTO resource (type, id, version, last_updated, method, content)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                version.resource_type,
-                version.id,
-                version.version,
-                version.last_updated,
-                version.method,
-                version.content,
-            ),
+            _columns(version),
         ).lastrowid
         assert rid is not None
         return rid

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_server import terminology, validation
+from fhir_server import jsonio, terminology, validation
 from fhir_server.api import export as export_api
 from fhir_server.api import http
 from fhir_server.interactions.context import Context
@@ -153,7 +153,7 @@ def _with_auth(app: FastAPI, ctx: Context) -> Context:
         bundle = (await dispatch(ctx, req)).resource or {}
         out: list[tuple[str, str]] = []
         for entry in bundle.get("entry", ()):
-            resource = entry.get("resource") or {}
+            resource = jsonio.resource(entry.get("resource")) or {}
             if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
                 out.append((resource["id"], _display_name(resource)))
         return out
@@ -246,7 +246,6 @@ def _display_name(patient: dict[str, object]) -> str:
 async def load_definitions(store: Store, profiles: validation.ProfileRegistry) -> int:
     """Add the definitions stored earlier (StructureDefinition, ValueSet, CodeSystem,
     Questionnaire) to the server's registry; the number added."""
-    from fhir_server import jsonio
     from fhir_server.interactions.context import register_definitions
     from fhir_server.search.parser import parse
 

@@ -97,7 +97,22 @@ def loads_stored(data: bytes) -> Any:
         return loads(data)  # not what this server writes: the careful path says why
 
 
+class Stored(bytes):
+    """Resource content as this server stored it (written by :func:`dumps`), placed
+    in a larger document to be serialised as it is, without parsing it first (a
+    search Bundle of stored resources). :func:`resource` gives the dict."""
+
+    __slots__ = ()
+
+
+def resource(value: Any) -> Any:
+    """``value`` itself, or the parsed resource of a :class:`Stored` one."""
+    return loads_stored(value) if isinstance(value, Stored) else value
+
+
 def _default(obj: Any) -> Any:
+    if isinstance(obj, Stored):
+        return orjson.Fragment(bytes(obj))
     if isinstance(obj, FhirDecimal):
         return orjson.Fragment(obj.text)
     if isinstance(obj, Decimal):
@@ -105,7 +120,14 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
+def _default_pretty(obj: Any) -> Any:
+    if isinstance(obj, Stored):
+        return loads_stored(obj)  # a fragment would be written unindented
+    return _default(obj)
+
+
 def dumps(obj: Any, *, pretty: bool = False) -> bytes:
     """Serialise to UTF-8 JSON bytes; FhirDecimal values keep their text."""
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    return orjson.dumps(obj, default=_default, option=option)
+    if pretty:
+        return orjson.dumps(obj, default=_default_pretty, option=orjson.OPT_INDENT_2)
+    return orjson.dumps(obj, default=_default)

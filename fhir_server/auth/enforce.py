@@ -264,12 +264,17 @@ async def filter_search(
     kept: list[dict[str, Any]] = []
     for entry in bundle.get("entry") or ():
         mode = (entry.get("search") or {}).get("mode")
+        if mode == "match" and not check_matches:
+            kept.append(entry)
+            continue
         resource = entry.get("resource")
+        if isinstance(resource, jsonio.Stored):
+            resource = entry["resource"] = jsonio.resource(resource)
         if mode == "outcome" or not isinstance(resource, dict):
             kept.append(entry)
             continue
         if mode == "match":
-            if not check_matches or await _visible(ctx, principal, ("search-type",), resource):
+            if await _visible(ctx, principal, ("search-type",), resource):
                 kept.append(entry)
         elif await _visible(ctx, principal, ("read", "search-type"), resource):
             kept.append(entry)

@@ -58,6 +58,7 @@ async def _search(
         base_url=ctx.base_url,
         strict=_strict(req),
         compartment=compartment,
+        raw=True,  # answered as is; the few readers of its entries use jsonio.resource
     )
     return FhirResponse(200, resource=bundle)
 

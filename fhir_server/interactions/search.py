@@ -76,8 +76,12 @@ def _link(base_url: str, path: str, params: Sequence[tuple[str, str]]) -> str:
     return f"{url}?{urlencode(list(params))}" if params else url
 
 
-def _entry(base_url: str, hit: Hit, query: SearchQuery) -> dict[str, Any]:
-    resource = shape(jsonio.loads_stored(hit.content), query)
+def _entry(base_url: str, hit: Hit, query: SearchQuery, raw: bool) -> dict[str, Any]:
+    resource: Any
+    if raw and query.summary in (None, "false") and not query.elements:
+        resource = jsonio.Stored(hit.content)  # served as stored, never parsed
+    else:
+        resource = shape(jsonio.loads_stored(hit.content), query)
     return {
         "fullUrl": f"{base_url}/{hit.resource_type}/{hit.id}",
         "resource": resource,
@@ -94,12 +98,15 @@ async def search(
     strict: bool,
     compartment: tuple[str, str] | None = None,
     registry: Registry | None = None,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Run a search and return the ``searchset`` Bundle.
 
     ``store`` is any object with ``async search(SearchQuery) -> SearchResult`` (see
     :class:`SearchStore`); ``compartment`` = (type, id) for
-    ``GET [base]/Patient/123/Observation``.
+    ``GET [base]/Patient/123/Observation``. ``raw``: entries of whole resources hold
+    the stored content as :class:`~fhir_server.jsonio.Stored` (serialised as it is;
+    :func:`~fhir_server.jsonio.resource` parses one), for a Bundle that is only sent.
     """
     searcher: SearchStore = store
     base_url = base_url.rstrip("/")
@@ -140,8 +147,8 @@ async def search(
     if result.total is not None:
         bundle["total"] = result.total
     bundle["link"] = links
-    entries = [_entry(base_url, h, query) for h in result.matches]
-    entries.extend(_entry(base_url, h, query) for h in result.includes)
+    entries = [_entry(base_url, h, query, raw) for h in result.matches]
+    entries.extend(_entry(base_url, h, query, raw) for h in result.includes)
     if query.warnings:
         entries.append(
             {"resource": operation_outcome(query.warnings), "search": {"mode": "outcome"}}

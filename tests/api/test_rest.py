@@ -169,6 +169,34 @@ async def test_format_pretty_summary_elements(client: httpx.AsyncClient) -> None
     assert r.status_code == 400
 
 
+async def test_search_entries_are_the_stored_resources(client: httpx.AsyncClient) -> None:
+    """Search Bundles embed the stored content as written (decimal text kept), and
+    ``_pretty`` indents the entries as well as the Bundle."""
+    obs = {
+        "resourceType": "Observation",
+        "id": "s1",
+        "status": "final",
+        "code": {"text": "grip"},
+        "valueQuantity": {"value": 12.50, "unit": "kg"},
+    }
+    body = b'{"resourceType":"Observation","id":"s1","status":"final","code":{"text":"grip"},'
+    body += b'"valueQuantity":{"value":12.50,"unit":"kg"}}'
+    assert (await client.put("Observation/s1", content=body, headers=FHIR)).status_code == 201
+    stored = (await client.get("Observation/s1")).content
+    r = await client.get("Observation", params={"_id": "s1"})
+    assert r.status_code == 200
+    assert stored in r.content  # the very bytes a read returns
+    assert b'"value":12.50' in r.content
+    entry = r.json()["entry"][0]
+    assert entry["resource"]["id"] == obs["id"] and entry["search"]["mode"] == "match"
+    pretty = await client.get("Observation", params={"_id": "s1", "_pretty": "true"})
+    assert b'\n      "resource": {\n        "resourceType": "Observation"' in pretty.content
+    assert b'"value": 12.50' in pretty.content
+    assert pretty.json() == r.json()
+    shaped = (await client.get("Observation", params={"_id": "s1", "_elements": "status"})).json()
+    assert "valueQuantity" not in shaped["entry"][0]["resource"]
+
+
 async def test_error_statuses(client: httpx.AsyncClient) -> None:
     r = await client.post("Patient", content=b'{"resourceType": "Patient",', headers=FHIR)
     assert r.status_code == 400 and "malformed JSON" in outcome_text(r)

@@ -292,14 +292,18 @@ async def filter_history(
     """Drop the entries of a type/system history the token may not see (in place)."""
     kept: list[dict[str, Any]] = []
     for entry in bundle.get("entry") or ():
-        resource = entry.get("resource")
-        url = str((entry.get("request") or {}).get("url", ""))
-        rtype = resource.get("resourceType") if isinstance(resource, dict) else url.split("/")[0]
-        if not isinstance(rtype, str) or not rtype:
+        # the history entry's request.url starts with the type (Type/id, or Type)
+        rtype = str((entry.get("request") or {}).get("url", "")).split("/")[0]
+        if not rtype:
             continue
-        if blanket(principal, interaction, rtype) or (
-            isinstance(resource, dict)
-            and can(principal, interaction, rtype, resource, base_url=ctx.base_url)
+        if blanket(principal, interaction, rtype):
+            kept.append(entry)
+            continue
+        resource = entry.get("resource")
+        if isinstance(resource, jsonio.Stored):
+            resource = entry["resource"] = jsonio.resource(resource)
+        if isinstance(resource, dict) and can(
+            principal, interaction, rtype, resource, base_url=ctx.base_url
         ):
             kept.append(entry)
     if kept:

@@ -44,7 +44,7 @@ def _entry(ctx: Context, v: StoredVersion) -> dict[str, Any]:
     url = f"{v.resource_type}/{v.id}"
     entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{url}"}
     if v.content is not None:
-        entry["resource"] = jsonio.loads_stored(v.content)
+        entry["resource"] = jsonio.Stored(v.content)  # sent as stored, not parsed
     method = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE"}[v.method]
     entry["request"] = {"method": method, "url": url if method != "POST" else v.resource_type}
     status = {"create": "201 Created", "delete": "204 No Content"}.get(v.method, "200 OK")

@@ -195,6 +195,8 @@ async def test_search_entries_are_the_stored_resources(client: httpx.AsyncClient
     assert pretty.json() == r.json()
     shaped = (await client.get("Observation", params={"_id": "s1", "_elements": "status"})).json()
     assert "valueQuantity" not in shaped["entry"][0]["resource"]
+    history = await client.get("Observation/s1/_history")
+    assert stored in history.content and b'"value":12.50' in history.content
 
 
 async def test_error_statuses(client: httpx.AsyncClient) -> None:

@@ -171,8 +171,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         example_urls=args.example_urls,
         validate_contained=args.validate_contained,
         resolve_references=args.resolve_references,
+        wrong_displays=args.wrong_displays,
     )
-    return validate_files([Path(f) for f in args.files], profile=args.profile, options=options)
+    return validate_files(
+        [Path(f) for f in args.files],
+        profile=args.profile,
+        options=options,
+        allow_comments=args.allow_json_comments,
+    )
 
 
 def cmd_client_add(args: argparse.Namespace) -> int:
@@ -326,6 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         "--resolve-references",
         action="store_true",
         help="references between the resources of a Parameters must resolve among them",
+    )
+    check.add_argument(
+        "--wrong-displays",
+        choices=("warning", "error"),
+        default="warning",
+        help="severity of a Coding.display that is not its R4 code system's display (a"
+        " warning, as on writes, by default)",
+    )
+    check.add_argument(
+        "--allow-json-comments",
+        action="store_true",
+        help="accept // and /* */ comments in the files' JSON (not FHIR JSON; for files"
+        " kept by hand)",
     )
     check.set_defaults(func=cmd_validate)
     client = sub.add_parser("client", help="register or remove OAuth clients")

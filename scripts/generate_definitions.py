@@ -17,6 +17,9 @@ Outputs (all gzip-compressed, deterministic JSON):
 * ``profiles.json.gz`` -- the profiles and extension definitions of the core package
   (``derivation = constraint``) as differentials, trimmed to what validation and
   snapshot generation use (the snapshots are generated again from them);
+* ``displays.json.gz`` -- the display of every concept of the package's complete
+  CodeSystems, by code system URL and code (displays only: no designations,
+  definitions or properties), for checking ``Coding.display``;
 
 and ``tests/data/r4-examples.ndjson.gz``: every example instance in the package that
 is not a conformance/terminology artifact (nor a Bundle made only of such artifacts),
@@ -464,6 +467,28 @@ def build_compartments(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# --------------------------------------------------------------------------- displays
+
+
+def build_displays(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{system: {code: display}}`` of every complete CodeSystem (the first one of a
+    URL, as for expansions); concepts without a display are left out."""
+    systems: dict[str, dict[str, str]] = {}
+    for cs in resources:
+        if cs["resourceType"] != "CodeSystem" or cs.get("content") != "complete":
+            continue
+        url = cs.get("url")
+        if not isinstance(url, str) or url in systems:
+            continue
+        displays = {
+            str(c["code"]): c["display"]
+            for c, _ in Expander._walk(cs.get("concept", ()))
+            if isinstance(c.get("display"), str)
+        }
+        systems[url] = dict(sorted(displays.items()))
+    return {"fhirVersion": PACKAGE_VERSION, "codeSystems": dict(sorted(systems.items()))}
+
+
 # --------------------------------------------------------------------------- profiles
 
 PROFILE_KEYS = (
@@ -592,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes["profiles.json.gz"] = write_json_gz(
         args.out / "profiles.json.gz", build_profiles(resources)
     )
+    displays = build_displays(resources)
+    sizes["displays.json.gz"] = write_json_gz(args.out / "displays.json.gz", displays)
     n_examples, ex_size = write_examples(args.examples, files)
 
     for name, size in sizes.items():
@@ -605,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for url, why in unchecked.items():
         print(f"  not checkable: {url}: {why}")
+    print(
+        f"displays: {len(displays['codeSystems'])} code systems, "
+        f"{sum(len(d) for d in displays['codeSystems'].values()):,} concepts"
+    )
     print(f"examples: {n_examples} resources, {ex_size:,} bytes -> {args.examples.name}")
     return 0
 

@@ -1,5 +1,5 @@
 """FHIR R4 (4.0.1) base definitions: element tables, required value sets, search
-parameters and compartments.
+parameters, compartments and the displays of the R4 code systems.
 
 The tables are generated from the official R4 package by
 ``scripts/generate_definitions.py`` into ``data/`` (gzip-compressed JSON) and are
@@ -35,6 +35,7 @@ __all__ = [
     "TypeDef",
     "ValueSetExpansion",
     "base_constraints",
+    "code_system_displays",
     "compartment_definitions",
     "core_profiles",
     "is_primitive_type",
@@ -320,6 +321,20 @@ def core_profiles() -> list[dict[str, Any]]:
     objects."""
     out: list[dict[str, Any]] = orjson.loads(_raw_json("profiles.json.gz"))
     return out
+
+
+@cache
+def _displays_raw() -> dict[str, dict[str, str]]:
+    data: dict[str, dict[str, str]] = _load("displays.json.gz")["codeSystems"]
+    return data
+
+
+def code_system_displays(system: str) -> dict[str, str] | None:
+    """The displays (code -> display) of a complete code system of the R4 package
+    (``http://hl7.org/fhir/...``, ``http://terminology.hl7.org/CodeSystem/...`` and the
+    few others it carries in full); None for any other system. Concepts without a
+    display are absent. The table is loaded on first use; do not modify the result."""
+    return _displays_raw().get(system)
 
 
 def base_constraints() -> tuple[Constraint, ...]:

@@ -225,7 +225,11 @@ class Parser:
             return TokenCond(p, parts[0], f"{parts[1]}|{parts[2]}")
         if modifier in ("in", "not-in"):
             return TokenCond(
-                param, None, None, negate=modifier == "not-in", codes=_value_set(values.unescape(raw))
+                param,
+                None,
+                None,
+                negate=modifier == "not-in",
+                codes=_value_set(values.unescape(raw)),
             )
         if modifier in ("above", "below"):
             return TokenCond(param, None, None, codes=_hierarchy(modifier, sp.code, raw))
@@ -401,7 +405,9 @@ def _value_set(url: str) -> tuple[tuple[str, str], ...]:
 
     members = terminology.value_set_membership(url)
     if members is None:
-        raise _Invalid(f"Value set '{url}' is not known here or cannot be expanded", "not-supported")
+        raise _Invalid(
+            f"Value set '{url}' is not known here or cannot be expanded", "not-supported"
+        )
     if not members:
         return (("", ""),)  # matches nothing
     return tuple(sorted(members))
@@ -422,7 +428,9 @@ def _hierarchy(modifier: str, code: str, raw: str) -> tuple[tuple[str, str], ...
     concept = cs.get(value)
     if concept is None:
         raise _Invalid(f"Code '{value}' is not in '{system}'")
-    related = cs.descendants(concept.code) if modifier == "below" else sorted(cs.ancestors(concept.code))
+    related = (
+        cs.descendants(concept.code) if modifier == "below" else sorted(cs.ancestors(concept.code))
+    )
     return tuple((system, c) for c in (concept.code, *related))
 
 

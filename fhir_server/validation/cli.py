@@ -14,9 +14,13 @@ resource's ``meta.profile`` and ``--profile``; the policy options
 * ``--no-html-in-markdown``: raw HTML tags in markdown are errors;
 * ``--no-example-urls``: URLs in example domains (example.org ...) are errors;
 * ``--resolve-references``: references between the resources of a Parameters must
-  resolve among them.
+  resolve among them;
+* ``--wrong-displays error``: a ``Coding.display`` that is not the display of its code
+  in an R4 code system is an error (a warning by default).
 
 and ``--ignore-contained`` makes it laxer: contained resources are not validated.
+``--allow-json-comments`` reads files whose JSON carries ``//`` and ``/* */`` comments
+(not FHIR JSON, but common in files kept by hand; :mod:`.comments`).
 
 The exit code is 0 when no resource has an error, 1 when some has, and 2 when a file
 cannot be read or parsed at all (it is reported as an OperationOutcome too).
@@ -31,6 +35,7 @@ from typing import Any, TextIO
 
 from fhir_server import jsonio
 from fhir_server.errors import Issue, has_errors, operation_outcome
+from fhir_server.validation.comments import strip_json_comments
 from fhir_server.validation.options import DEFAULT, ValidationOptions
 from fhir_server.validation.registry import ProfileRegistry
 from fhir_server.validation.service import validate
@@ -39,9 +44,11 @@ from fhir_server.validation.valuesets import TerminologyLookup
 __all__ = ["validate_files"]
 
 
-def _resources(path: Path) -> Iterator[tuple[str, Any]]:
+def _resources(path: Path, allow_comments: bool = False) -> Iterator[tuple[str, Any]]:
     """(where, parsed value) for each resource of a file; a parse failure is raised."""
     data = path.read_bytes()
+    if allow_comments:
+        data = strip_json_comments(data)
     if path.name.endswith(".ndjson"):
         for n, line in enumerate(data.splitlines(), 1):
             if line.strip():
@@ -84,17 +91,19 @@ def validate_files(
     out: TextIO | None = None,
     err: TextIO | None = None,
     options: ValidationOptions = DEFAULT,
+    allow_comments: bool = False,
 ) -> int:
     """Validate every resource in the files; print one OperationOutcome per resource
     (NDJSON on ``out``) and a summary line per resource on ``err``. Returns the exit
-    code: 0 all valid, 1 some resource has errors, 2 some file could not be parsed."""
+    code: 0 all valid, 1 some resource has errors, 2 some file could not be parsed.
+    ``allow_comments``: the files' JSON may carry comments (:mod:`.comments`)."""
     out = out or sys.stdout
     err = err or sys.stderr
     profiles = [profile] if profile else []
     status = 0
     for p in map(Path, paths):
         try:
-            items = list(_resources(p))
+            items = list(_resources(p, allow_comments))
         except (OSError, jsonio.JsonError) as exc:
             issue = Issue("fatal", "structure", f"cannot read {p.name}: {exc}")
             out.write(jsonio.dumps(operation_outcome([issue])).decode() + "\n")

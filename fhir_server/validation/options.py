@@ -42,6 +42,15 @@ validator has the same ones, and HL7's validator test cases set them per case):
   Coverage and the Patient of ``$member-match``) should be complete. Off by default,
   as the target may exist on a server (:mod:`.references`).
 
+* ``wrong_displays`` -- the severity of a ``Coding.display`` that is not the display
+  of its code in an R4 code system (:mod:`.displays`): ``warning`` (the default) or
+  ``error``. R4 asks the display to be "a representation of the meaning of the code
+  in the system, following the rules of the system", so a display naming another
+  concept is a mistake worth reporting; but it does not make the code system's text
+  mandatory (a client may show its own wording, and the specification's own examples
+  differ from it in case), so a write is not refused for it. The reference validator
+  reports it as an error unless told otherwise.
+
 ``$validate`` answers "would this write be accepted", so it uses the write defaults;
 the CLI exposes every option (``fhir-server validate --help``).
 """
@@ -57,6 +66,7 @@ __all__ = [
     "DEFAULT",
     "UnknownExtensions",
     "ValidationOptions",
+    "WrongDisplays",
     "extension_allowed",
     "html_tag_in_markdown",
     "html_tag_in_string",
@@ -64,6 +74,7 @@ __all__ = [
 ]
 
 UnknownExtensions = Literal["accept", "error"]
+WrongDisplays = Literal["warning", "error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +88,7 @@ class ValidationOptions:
     example_urls: bool = True
     validate_contained: bool = True
     resolve_references: bool = False
+    wrong_displays: WrongDisplays = "warning"
 
     @property
     def checks_primitives(self) -> bool:

@@ -106,6 +106,7 @@ class Elem:
     base: ElementDef | None = None  # the base definition's element, when known
     base_container: tuple[str, str] | None = None  # (type name, path) of its children
     suffixes: dict[str, str] | None = None  # a choice's JSON key suffix -> type code
+    is_modifier: bool = False  # ElementDefinition.isModifier
 
     def type_codes(self) -> set[str]:
         return {t.code for t in self.types}
@@ -209,6 +210,7 @@ def _elem(el: Element, eid: str) -> Elem:
         min_value=_value_of(el, "minValue"),
         max_value=_value_of(el, "maxValue"),
         content_reference=cref.split("#", 1)[-1] if isinstance(cref, str) else None,
+        is_modifier=el.get("isModifier") is True,
     )
 
 
@@ -683,6 +685,21 @@ class ProfileValidator:
                         "error",
                         "structure",
                         f"the extension {url} is not allowed here ({holder.literal}): {problem}",
+                        (at,),
+                    )
+                )
+            compiled = self.registry.compiled(url)
+            modifier = compiled is not None and compiled.root.is_modifier
+            if compiled is not None and modifier != (key == "modifierExtension"):
+                # extensibility.html: an extension whose definition is a modifier is a
+                # modifierExtension, and only such an extension is
+                what = "a modifier extension" if modifier else "not a modifier extension"
+                issues.append(
+                    Issue(
+                        "error",
+                        "structure",
+                        f"the extension {url} is {what} (isModifier of its definition), so it "
+                        f"cannot be used as {'an extension' if modifier else 'a modifierExtension'}",
                         (at,),
                     )
                 )

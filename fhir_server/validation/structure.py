@@ -6,8 +6,9 @@ of its element path, so the cost is one dict lookup per property plus the checks
 its value. No FHIRPath is evaluated here; the FHIRPath invariants of the
 definitions are left to a separate module, except for the few structural ones that
 are cheap to check directly (ext-1, dom-2, dom-4, dom-5, ref-1 and ele-1's "no empty
-elements"). ``Attachment.size``, when given with ``data``, is the size of the decoded
-data; a ``urn:uuid:`` in a uri/url/canonical holds a well-formed UUID.
+elements"). A ``Coding.display`` is checked against the display of an R4 code
+system (:mod:`.displays`). ``Attachment.size``, when given with ``data``, is the size
+of the decoded data; a ``urn:uuid:`` in a uri/url/canonical holds a well-formed UUID.
 
 Required bindings
 -----------------
@@ -45,6 +46,7 @@ from fhir_server import definitions
 from fhir_server.definitions import BACKBONE, PRIMITIVE, RESOURCE, Child, TypeDef
 from fhir_server.errors import Issue, IssueCode
 from fhir_server.validation import primitives
+from fhir_server.validation.displays import check_display, is_english
 from fhir_server.validation.options import DEFAULT, ValidationOptions
 from fhir_server.validation.references import check_document
 
@@ -71,12 +73,15 @@ class _TooDeep(Exception):
 class _Walker:
     """State of one validate_resource call."""
 
-    __slots__ = ("checkers", "depth", "issues", "options")
+    __slots__ = ("checkers", "depth", "english", "issues", "options")
 
     def __init__(self, options: ValidationOptions = DEFAULT) -> None:
         self.issues: list[Issue] = []
         self.depth = 0
         self.options = options
+        # whether the resource being walked is in English (or says no language):
+        # displays are checked only then (.displays)
+        self.english = True
         # the primitive checkers, per type code: the plain ones, or (only when some
         # option adds checks to primitives) ones with the policy checks
         self.checkers = _checkers if not options.checks_primitives else _policy_checkers(options)
@@ -132,7 +137,12 @@ class _Walker:
         self.depth += 1
         if self.depth > _MAX_DEPTH:
             raise _TooDeep
+        english = self.english
+        language = res.get("language")
+        if type(language) is str:
+            self.english = is_english(language)
         self.obj(res, td, rt, expr, ids, is_resource=True)
+        self.english = english
         self.depth -= 1
         if contained:
             self.contained_rules(res, expr)
@@ -349,11 +359,15 @@ class _Walker:
                 self.attachment(value, expr)
             elif code == "Extension":
                 self.extension(value, expr)
-            elif child.element.binding_strength == "required":
-                if code == "CodeableConcept":
-                    self.codeable_concept(value, child, expr)
-                elif code == "Coding":
+            elif code == "Coding":
+                if child.element.binding_strength == "required":
                     self.coding(value, child, expr)
+                if "display" in value and self.english:
+                    problem = check_display(value, expr, self.options.wrong_displays)
+                    if problem is not None:
+                        self.issues.append(problem)
+            elif code == "CodeableConcept" and child.element.binding_strength == "required":
+                self.codeable_concept(value, child, expr)
         self.depth -= 1
 
     # ------------------------------------------------------------------ primitives

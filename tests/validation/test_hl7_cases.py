@@ -23,7 +23,9 @@ Selection -- every R4 case we can run offline, each excluded one in a category:
   terminology server was used (its verdict depends on that server's answers);
 * ``no outcome``: no Java expectation in the manifest or its file is missing.
 
-Every selected case runs with the validator options it asks for (:func:`options_of`);
+Every selected case runs with the validator options it asks for (:func:`options_of`),
+its file read with comments allowed when it says ``allow-comments`` (as
+``fhir-server validate --allow-json-comments`` reads files);
 the ones where we disagree are in
 :data:`KNOWN_DISAGREEMENTS` with a reason, and are asserted to still disagree, so the
 list stays truthful (remove an entry when its case starts agreeing).
@@ -44,6 +46,7 @@ import pytest
 
 from fhir_server import jsonio
 from fhir_server.errors import Issue, has_errors
+from fhir_server.validation.comments import strip_json_comments
 from fhir_server.validation.options import DEFAULT, ValidationOptions
 from fhir_server.validation.registry import ProfileRegistry, RegistryError
 from fhir_server.validation.service import validate
@@ -64,25 +67,15 @@ VALIDATOR = ROOT / "validator"
 MANIFEST = VALIDATOR / "manifest.json"
 
 # Why the reference validator and we disagree, one line each. "<name> (<step>)".
-_DISPLAY = (
-    "Coding.display is not checked against the code system (the reference validator"
-    " rejects display 'Australia' for item-type#string): the generated R4 tables hold"
-    " codes, not displays"
-)
 KNOWN_DISAGREEMENTS: dict[str, str] = {
     "obs-temp-bad (base)": "the reference validator applies the body temperature profile because of a SNOMED CT code (276885007); R4's vital signs table, which makes the profiles mandatory, lists LOINC codes only, and we do not apply the profiles by code",
-    "ext-xver-modifier-2 (base)": "cross-version extension rules are not implemented",
-    "json-comments-1-yes (base)": "JSON with comments (JSON5) is not FHIR JSON and is rejected",
-    "json-comments-2-yes (base)": "JSON with comments (JSON5) is not FHIR JSON and is rejected",
     "structureDefinition-11179-objectClass-R4 (base)": "R4 defines structuredefinition-fhir-type for ElementDefinition.type.code; the reference validator uses a later definition that also allows ElementDefinition.type",
     "obs-mz (base)": "the case checks the profile's own differential, which is not validated",
     "ext-derived (base)": "the case checks a profile that changes its base's fixed url, which is not validated",
     "StructureDefinition-Slice23 (base)": "StructureDefinition authoring rules (slicing redefinitions) are not validated",
     "signatures-example-2 (base)": "digital signatures are not verified",
     "qr-bad-ref2 (base)": "QuestionnaireResponse.questionnaire names a ValueSet of the R4 core package's examples (example-extensional), which the reference validator loads and the generated tables do not carry; a canonical resolving to a non-Questionnaire is an error, an unresolvable one only a warning",
-    "choice-gender-coding-async-qr (base)": _DISPLAY,
-    "open-choice-gender-coding-async-qr (base)": _DISPLAY,
-    "string-with-coding-async-qr (base)": "the answer value set (jurisdiction: ISO 3166 codes) cannot be expanded locally, so answers are not checked against it",
+    "string-with-coding-async-qr (base)": "the answer value set (jurisdiction: ISO 3166 codes) cannot be expanded locally (neither the R4 package nor this repository holds ISO 3166), so answers are not checked against it",
 }
 
 
@@ -101,6 +94,9 @@ class Run:
     expected_errors: int
     expected: list[str] = field(default_factory=list, compare=False, hash=False)
     options: ValidationOptions = DEFAULT
+    # the manifest's ``allow-comments``: the file's JSON may carry comments, read as
+    # ``fhir-server validate --allow-json-comments`` reads it
+    allow_comments: bool = False
 
 
 def options_of(case: dict[str, Any]) -> ValidationOptions:
@@ -110,7 +106,9 @@ def options_of(case: dict[str, Any]) -> ValidationOptions:
     not allowed), ``allowed-extension-domain``, ``validateContains`` (``IGNORE``:
     contained resources are not validated) and ``validateReference`` (a policy that
     checks targets exist: references must resolve where they can be resolved offline)
-    map to the options of the same meaning (:mod:`fhir_server.validation.options`)."""
+    map to the options of the same meaning (:mod:`fhir_server.validation.options`).
+    Wrong displays are errors, the reference validator's default, unless the case's
+    ``wrong-displays`` says ``warning``."""
     domains = case.get("allowed-extension-domain")
     return ValidationOptions(
         security_checks=bool(case.get("security-checks")),
@@ -121,6 +119,7 @@ def options_of(case: dict[str, Any]) -> ValidationOptions:
         validate_contained=case.get("validateContains") != "IGNORE",
         resolve_references=case.get("validateReference")
         in ("CHECK_EXISTS", "CHECK_EXISTS_AND_TYPE", "CHECK_VALID"),
+        wrong_displays="warning" if case.get("wrong-displays") == "warning" else "error",
     )
 
 
@@ -186,6 +185,7 @@ def select(manifest: dict[str, Any]) -> tuple[list[Run], Counter[str]]:
                         base[0],
                         base[1],
                         options,
+                        case.get("allow-comments") is True,
                     )
                 )
                 if profile and prof is not None:
@@ -199,6 +199,7 @@ def select(manifest: dict[str, Any]) -> tuple[list[Run], Counter[str]]:
                             prof[0],
                             prof[1],
                             options,
+                            case.get("allow-comments") is True,
                         )
                     )
     return runs, excluded
@@ -218,8 +219,9 @@ RUNS, EXCLUDED = select(MANIFEST_DATA) if MANIFEST_DATA else ([], Counter())
 # --------------------------------------------------------------------------- running
 
 
-def _read(name: str) -> Any:
-    return jsonio.loads((VALIDATOR / name).read_bytes())
+def _read(name: str, allow_comments: bool = False) -> Any:
+    data = (VALIDATOR / name).read_bytes()
+    return jsonio.loads(strip_json_comments(data) if allow_comments else data)
 
 
 def _registry(files: tuple[str, ...]) -> ProfileRegistry:
@@ -244,7 +246,7 @@ def _registry(files: tuple[str, ...]) -> ProfileRegistry:
 def ours(run: Run) -> list[Issue]:
     """Our error and fatal issues for a run."""
     try:
-        resource = _read(run.file)
+        resource = _read(run.file, run.allow_comments)
     except jsonio.JsonError as exc:
         return [Issue("fatal", "structure", str(exc))]
     files = run.supporting + ((run.profile,) if run.profile else ())

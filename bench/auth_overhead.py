@@ -27,6 +27,10 @@ its requests are all stored (the writer may lag behind the requests during the r
 that time counts), so its figure includes the whole cost of auditing. The AuditEvents
 stored are counted, to show that the audit trail really was written.
 
+Then the latency of reads sent at a fixed ``--rate`` (400/s, below every app's
+capacity) with authorization off and on: the audit trail's batch writes stall the
+event loop when they run inline, not with the writer process.
+
 Prints a Markdown table and writes ``bench/results/auth-overhead.json``.
 """
 
@@ -217,6 +221,41 @@ async def _measure(
     }
 
 
+async def _paced(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    path: Callable[[random.Random], str],
+    rate: float,
+    duration: float,
+) -> dict[str, float]:
+    """Latency (ms) of requests sent at a fixed ``rate`` (8 senders), below every app's
+    capacity: what waiting on the audit trail's batch writes costs an answer."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + duration
+    senders = 8
+
+    async def sender(k: int) -> None:
+        rng = random.Random(k)
+        due = time.perf_counter() + k / rate
+        while due < stop:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            started = time.perf_counter()
+            await client.get(path(rng), headers=headers)
+            latencies.append(time.perf_counter() - started)
+            due += senders / rate
+
+    await asyncio.gather(*(sender(k) for k in range(senders)))
+    latencies.sort()
+
+    def q(p: float) -> float:
+        return round(latencies[int(p * (len(latencies) - 1))] * 1e3, 2)
+
+    return {"requests": len(latencies), "p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99),
+            "max_ms": q(1.0)}  # fmt: skip
+
+
 def _audit_count(store: SqliteStore) -> int:
     row = store.reader.execute("SELECT count(*) FROM resource WHERE type = 'AuditEvent'").fetchone()
     return int(row[0])
@@ -276,6 +315,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await stack.enter_async_context(apps[name].router.lifespan_context(apps[name]))
             for workload, path in workloads.items():
                 results[workload] = await _measure(args, store, apps, clients, headers, path, names)
+            latency = {
+                name: await _paced(clients[name], headers[name], workloads["read"], args.rate, 6.0)
+                for name in ("off", "on")
+            }
     finally:
         for c in clients.values():
             await c.aclose()
@@ -299,10 +342,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "concurrency": args.concurrency,
             "duration_s": args.duration,
             "rounds": args.rounds,
+            "fixed_rate_per_s": args.rate,
             "warmup_s": args.warmup,
         },
         "goal_overhead_percent": GOAL_PERCENT,
         "results": results,
+        "read_latency_at_fixed_rate": {"rate_per_s": args.rate, **latency},
     }
 
 
@@ -324,6 +369,19 @@ def markdown(report: dict[str, Any]) -> str:
             f" | **{r['overhead_percent']:.1f} %**"
             f" | {r['audit_events_written']:,} / {r['requests_on']:,} |"
         )
+    lat = report["read_latency_at_fixed_rate"]
+    lines += [
+        "",
+        f"Read latency at a fixed {lat['rate_per_s']:,.0f} requests/s (ms):",
+        "",
+        "| app | p50 | p95 | p99 | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("off", "on"):
+        r = lat[name]
+        lines.append(
+            f"| {name} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |"
+        )
     lines.append("")
     lines.append(f"Goal: overhead under {report['goal_overhead_percent']:.0f} %.")
     return "\n".join(lines)
@@ -339,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--observations", type=int, default=60, help="per searched patient")
     parser.add_argument("--scope", default="user/*.rs", help="the token's scopes")
     parser.add_argument("--patient", help="the token's patient (with patient/ scopes)")
+    parser.add_argument(
+        "--rate", type=float, default=400.0, help="requests/s of the fixed-rate latency run"
+    )
     parser.add_argument(
         "--audit-writer",
         choices=("process", "inline"),

@@ -548,6 +548,8 @@ async def store_events(store: Store, events: Sequence[dict[str, Any]]) -> None:
 
 # --------------------------------------------------------------------------- the trail
 
+WRITER_BATCH: Final = 1000  # records per message to the writer process (at most)
+
 Call = Callable[[Context, FhirRequest], Awaitable[FhirResponse]]
 
 
@@ -685,7 +687,10 @@ class AuditTrail:
         written = 0
         async with self._lock:
             while self._pending:
-                batch = self._pending[: self.batch_size]
+                # the writer process gets what is waiting, up to WRITER_BATCH at a time:
+                # it stays busy instead of waiting for the next batch after each answer
+                size = self.batch_size if self.writer is None else WRITER_BATCH
+                batch = self._pending[:size]
                 del self._pending[: len(batch)]
                 try:
                     await self._write(batch)

@@ -353,6 +353,8 @@ async def test_requests_wait_when_the_writer_falls_behind(tmp_path: Path) -> Non
         assert max(peak) <= audit.high_water + 5  # each of the 5 clients adds one, then waits
         await audit.flush()
         assert sum(slow.batches) == 200
+        # the writer process is handed what waits (up to WRITER_BATCH), not batch_size
+        assert max(slow.batches) > audit.batch_size
     finally:
         await audit.stop()
         await store.close()

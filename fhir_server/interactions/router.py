@@ -138,6 +138,10 @@ ROUTES: tuple[Route, ...] = (
 )
 
 _LITERALS = {"_history", "_search", "metadata"}
+# the routes by number of path segments, in ROUTES order (a request tries only those)
+_BY_LENGTH: dict[int, tuple[Route, ...]] = {
+    n: tuple(r for r in ROUTES if len(r.shape) == n) for n in {len(r.shape) for r in ROUTES}
+}
 
 
 def _match(shape: tuple[str, ...], parts: list[str]) -> list[str] | None:
@@ -162,7 +166,7 @@ def interaction_of(method: str, path: str) -> tuple[str | None, list[str]]:
     if parts and parts[-1].startswith("$"):
         return "operation", parts
     method = "GET" if method == "HEAD" else method
-    for route in ROUTES:
+    for route in _BY_LENGTH.get(len(parts), ()):
         if route.method == method:
             args = _match(route.shape, parts)
             if args is not None:
@@ -248,7 +252,7 @@ async def _dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
     if parts and parts[0] not in _LITERALS:
         res.check_type(parts[0])
     matched_path = False
-    for route in ROUTES:
+    for route in _BY_LENGTH.get(len(parts), ()):
         args = _match(route.shape, parts)
         if args is None:
             continue

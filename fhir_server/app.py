@@ -167,7 +167,10 @@ def _with_auth(app: FastAPI, ctx: Context) -> Context:
     app.state.auth_server = server
     # Before the FHIR API's catch-all route: the discovery document under its base (and
     # everything when the base is the root); the others go after it (create_app).
-    app.include_router(server.router(endpoints=not settings.base_path.strip("/")))
+    if settings.base_path.strip("/"):
+        app.router.routes.extend(server.router(endpoints=False).routes)  # as they are
+    else:
+        app.include_router(server.router())
     app.add_middleware(
         _BrowserCors,
         allow_origins=list(settings.auth_cors_origins),

@@ -729,8 +729,8 @@ class AuthServer:
             response.headers["Access-Control-Allow-Origin"] = "*"
             return response
 
-        if discovery:
-            router.add_api_route(
+        if discovery:  # a plain route: every FHIR request is matched against it first
+            router.add_route(
                 fhir + "/.well-known/smart-configuration",
                 smart_configuration,
                 methods=["GET"],

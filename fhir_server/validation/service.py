@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from fhir_server.errors import Issue, has_errors
 from fhir_server.validation import structure
+from fhir_server.validation.authoring import check_structure_definition
 from fhir_server.validation.conformance import check_conformance
 from fhir_server.validation.invariants import check_invariants
 from fhir_server.validation.measure import check_measure_report
@@ -34,6 +35,7 @@ from fhir_server.validation.profile import ProfileValidator, iter_nested_resourc
 from fhir_server.validation.questionnaire import validate_response
 from fhir_server.validation.references import check_parameters
 from fhir_server.validation.registry import ProfileRegistry, canonical, default_registry
+from fhir_server.validation.signatures import check_signature
 from fhir_server.validation.valuesets import TerminologyLookup, chain
 
 __all__ = [
@@ -122,6 +124,10 @@ def validate_profiles(
         return issues
     _one(validator, resource, rt, profiles, required_profiles, meta_profiles, issues)
     issues += check_conformance(resource, rt)
+    if rt == "StructureDefinition":
+        issues += check_structure_definition(resource, rt, reg)
+    elif rt == "Bundle" and "signature" in resource:
+        issues += check_signature(resource, rt)
     if rt == "Parameters" and options.resolve_references:
         issues += check_parameters(resource, rt)
     responses = [(resource, rt)] if rt == "QuestionnaireResponse" else []
@@ -136,6 +142,10 @@ def validate_profiles(
         if isinstance(nrt, str):
             _one(validator, nested, where, (), required_profiles, meta_profiles, issues)
             issues += check_conformance(nested, where)
+            if nrt == "StructureDefinition":
+                issues += check_structure_definition(nested, where, reg)
+            elif nrt == "Bundle" and "signature" in nested:
+                issues += check_signature(nested, where)
             if nrt == "QuestionnaireResponse":
                 responses.append((nested, where))
             elif nrt == "MeasureReport":

@@ -28,8 +28,9 @@ that time counts), so its figure includes the whole cost of auditing. The AuditE
 stored are counted, to show that the audit trail really was written.
 
 Then the latency of reads sent at a fixed ``--rate`` (400/s, below every app's
-capacity) with authorization off and on: the audit trail's batch writes stall the
-event loop when they run inline, not with the writer process.
+capacity) with authorization off and on: what authorization and the audit trail's
+work (batch writes inline, or handing batches to the writer process) add to an
+answer, beyond throughput.
 
 Prints a Markdown table and writes ``bench/results/auth-overhead.json``.
 """
@@ -229,7 +230,7 @@ async def _paced(
     duration: float,
 ) -> dict[str, float]:
     """Latency (ms) of requests sent at a fixed ``rate`` (8 senders), below every app's
-    capacity: what waiting on the audit trail's batch writes costs an answer."""
+    capacity: what the audit trail's work costs an answer."""
     latencies: list[float] = []
     stop = time.perf_counter() + duration
     senders = 8

@@ -678,6 +678,11 @@ class AuditTrail:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def busy(self) -> bool:
+        """Records wait, or a batch is being written."""
+        return bool(self._pending) or (self._lock is not None and self._lock.locked())
+
     # -- the writer
 
     async def flush(self) -> int:

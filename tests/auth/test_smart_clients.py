@@ -61,6 +61,7 @@ class SecuredServer:
             host="127.0.0.1",
             port=port,
             auth_enabled=True,
+            audit_writer_process=True,  # as serve: AuditEvents stored by the writer process
             auth_auto_approve=True,
             auth_default_patient="pa",
             auth_default_user="Practitioner/pr1",
@@ -106,8 +107,15 @@ class SecuredServer:
         self.thread.join(10)
 
     def audit_events(self, **params: str) -> list[dict[str, Any]]:
-        """AuditEvents matching the search, once the background writer has run."""
-        time.sleep(0.5)  # more than the writer's interval
+        """AuditEvents matching the search, once the trail has written what it had (the
+        writer process's first batch waits for the process to start)."""
+        trail = self.app.state.audit
+        time.sleep(0.3)  # more than the writer's interval
+        deadline = time.monotonic() + 30
+        while trail.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not trail.busy, "the audit trail did not catch up"
+        assert trail.writer is not None and trail.writer.alive  # stored by the process
         r = requests.get(
             f"{self.base_url}/AuditEvent",
             params={"_count": "500", **params},

@@ -28,6 +28,7 @@ from fhir_server.auth.audit import (
 from fhir_server.auth.audit_writer import AuditWriterProcess, WriterGone
 from fhir_server.auth.scopes import Permissions
 from fhir_server.interactions.model import FhirRequest
+from fhir_server.storage.port import HistoryQuery
 from fhir_server.storage.sqlite.store import SqliteStore
 from tests.auth.test_wiring import BASE, auth_settings
 
@@ -383,4 +384,32 @@ async def test_requests_do_not_wait_on_a_failing_writer(tmp_path: Path) -> None:
             assert audit._wake is not None
             audit._wake.set()
             await audit._task
+        await store.close()
+
+
+async def test_the_writer_process_stores_on_mongodb() -> None:
+    """The child opens the server's database from its URL, whichever the store."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.storage.mongo_support import make_store, server_uri
+
+    store = make_store()  # a throwaway database, dropped on close
+    await store.open()
+    try:
+        parts = urlsplit(server_uri())
+        url = urlunsplit(parts._replace(path="/" + store.db.name))  # type: ignore[attr-defined]
+        writer = AuditWriterProcess(url, BASE)
+        writer.start()
+        try:
+            records = [draft_record(_draft(USER, "GET", f"Patient/p{i}")) for i in range(3)]
+            assert writer.write(records) == 3
+        finally:
+            writer.close()
+        page = await store.history(HistoryQuery("AuditEvent"))
+        refs = sorted(
+            jsonio.loads(v.content or b"{}")["entity"][0]["what"]["reference"]
+            for v in page.versions
+        )
+        assert refs == ["Patient/p0", "Patient/p1", "Patient/p2"]
+    finally:
         await store.close()

@@ -95,10 +95,11 @@ async def check_read(
 ) -> None:
     """Before a read, vread or instance history (``args`` = type, id[, vid])."""
     rtype, id = args[0], args[1]
+    if blanket(principal, interaction, rtype):
+        res.check_id(id)
+        return  # every resource of the type is allowed: nothing to look at
     _require(principal, interaction, rtype)
     res.check_id(id)
-    if blanket(principal, interaction, rtype):
-        return  # every resource of the type is allowed: nothing to look at
     if interaction == "vread":
         vid = args[2]
         version = await ctx.store.vread(rtype, id, int(vid)) if vid.isdigit() else None

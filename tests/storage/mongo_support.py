@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -198,6 +198,18 @@ def mongodb_uri() -> Iterator[str]:
     """The test server's URI; the stand-in is stopped at the end of the session."""
     yield server_uri()
     _stop_stand_in()
+
+
+@pytest.fixture
+async def store(mongodb_uri: str) -> AsyncIterator[Store]:
+    """A store on a throwaway database of the test server: import it into a module to
+    run that module's tests (written for the ``store`` fixture) on MongoDB."""
+    s = make_store()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 def make_store(database: str | None = None) -> Store:

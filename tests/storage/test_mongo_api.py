@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
-import pytest
 
 from fhir_server import jsonio
-from fhir_server.storage.port import Store
 from tests.api import (
     test_bundles,
     test_concurrency,
@@ -47,7 +45,7 @@ from tests.api import (
 )
 from tests.api.test_examples_roundtrip import KNOWN_INVALID, comparable, without_server_meta
 from tests.storage import mongo_support
-from tests.storage.mongo_support import mongodb_uri
+from tests.storage.mongo_support import mongodb_uri, store
 
 MODULES: tuple[ModuleType, ...] = (
     test_bundles,
@@ -90,16 +88,6 @@ globals().update(REUSED)
 
 if not mongo_support.uses_stand_in():
     test_examples_round_trip = test_examples_roundtrip.test_examples_round_trip
-
-
-@pytest.fixture
-async def store(mongodb_uri: str) -> AsyncIterator[Store]:
-    s = mongo_support.make_store()
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def sample_examples(lines: list[bytes], size: int = SAMPLE_SIZE) -> list[bytes]:
@@ -233,4 +221,4 @@ def test_every_api_test_runs_here_or_is_left_out_with_a_reason() -> None:
         assert needs_live_server == (LEFT_OUT.get(name) == LIVE_SERVER), name
 
 
-__all__ = ["mongodb_uri", *REUSED]
+__all__ = ["mongodb_uri", "store", *REUSED]

@@ -9,16 +9,12 @@ is listed in ``LEFT_OUT`` with the reason.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from fhir_server.storage.port import Store
 from tests.operations import test_everything
 from tests.operations.test_everything import demo, env, small
-from tests.storage import mongo_support
-from tests.storage.mongo_support import mongodb_uri
+from tests.storage.mongo_support import mongodb_uri, store
 
 LEFT_OUT: dict[str, str] = {
     "test_a_thousand_resources_in_well_under_a_second": (
@@ -38,16 +34,6 @@ REUSED: dict[str, Callable[..., Any]] = {
 globals().update(REUSED)
 
 
-@pytest.fixture
-async def store(mongodb_uri: str) -> AsyncIterator[Store]:
-    s = mongo_support.make_store()
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def test_every_everything_test_runs_here_or_is_left_out() -> None:
     every = {
         name
@@ -58,4 +44,4 @@ def test_every_everything_test_runs_here_or_is_left_out() -> None:
     assert every == set(REUSED) | set(LEFT_OUT)
 
 
-__all__ = ["demo", "env", "mongodb_uri", "small", *REUSED]
+__all__ = ["demo", "env", "mongodb_uri", "small", "store", *REUSED]

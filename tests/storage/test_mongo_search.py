@@ -6,11 +6,6 @@ test that reads SQLite's query plans.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from fhir_server.storage.port import Store
 from tests.search.test_sqlite_search import (
     loaded,
     test_a_custom_search_parameter,
@@ -33,12 +28,12 @@ from tests.search.test_sqlite_search import (
     test_system_and_compartment_search,
     test_updates_and_deletes_keep_the_index_current,
 )
-from tests.storage import mongo_support
-from tests.storage.mongo_support import mongodb_uri
+from tests.storage.mongo_support import mongodb_uri, store
 
 REUSED = (
     loaded,
     mongodb_uri,
+    store,
     test_a_custom_search_parameter,
     test_a_hostile_value_is_found_as_a_plain_string,
     test_a_tampered_cursor_is_a_bad_request,
@@ -59,13 +54,3 @@ REUSED = (
     test_system_and_compartment_search,
     test_updates_and_deletes_keep_the_index_current,
 )
-
-
-@pytest.fixture
-async def store(mongodb_uri: str) -> AsyncIterator[Store]:
-    s = mongo_support.make_store()
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()

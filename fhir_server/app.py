@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -24,18 +24,27 @@ from fhir_server.storage.port import Store
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def make_store(database: str) -> Store:
-    if database.startswith("sqlite://"):
-        from fhir_server.storage.sqlite.store import SqliteStore
+_MONGODB: Final = ("mongodb://", "mongodb+srv://")
 
-        path = database.removeprefix("sqlite://")
-        path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
-        return SqliteStore(path or ":memory:")
+
+def _sqlite_path(database: str) -> str | None:
+    """The SQLite file (or ``:memory:``) a database URL names; None for another store."""
     if database == ":memory:":
+        return database
+    if not database.startswith("sqlite://"):
+        return None
+    path = database.removeprefix("sqlite://")
+    path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
+    return path or ":memory:"
+
+
+def make_store(database: str) -> Store:
+    path = _sqlite_path(database)
+    if path is not None:
         from fhir_server.storage.sqlite.store import SqliteStore
 
-        return SqliteStore(":memory:")
-    if database.startswith(("mongodb://", "mongodb+srv://")):
+        return SqliteStore(path)
+    if database.startswith(_MONGODB):
         from fhir_server.storage.mongodb.store import MongoStore
 
         return MongoStore(database)
@@ -47,12 +56,10 @@ def make_store(database: str) -> Store:
 
 def shareable(database: str) -> bool:
     """Whether another process can open the same database (not an in-memory one)."""
-    if database.startswith(("mongodb://", "mongodb+srv://")):
+    if database.startswith(_MONGODB):
         return True
-    if database.startswith("sqlite://"):
-        path = database.removeprefix("sqlite://").lstrip("/")
-        return bool(path) and path != ":memory:" and "mode=memory" not in path
-    return False
+    path = _sqlite_path(database)
+    return path is not None and path != ":memory:" and "mode=memory" not in path
 
 
 def export_directory(settings: Settings) -> Path | None:
@@ -61,16 +68,10 @@ def export_directory(settings: Settings) -> Path | None:
     in-memory database; ``./data/export`` for MongoDB."""
     if settings.export_path:
         return Path(settings.export_path)
-    database = settings.database
-    if database == ":memory:":
-        return None
-    if database.startswith("sqlite://"):
-        path = database.removeprefix("sqlite://")
-        path = path[1:] if path.startswith("/") else path
-        if not path or path == ":memory:":
-            return None
-        return Path(path).parent / "export"
-    return Path("./data/export")
+    path = _sqlite_path(settings.database)
+    if path is None:
+        return Path("./data/export")
+    return None if path == ":memory:" else Path(path).parent / "export"
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:

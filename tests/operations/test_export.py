@@ -550,6 +550,11 @@ async def test_the_default_directory_is_next_to_the_sqlite_file(tmp_path: Path) 
     db = tmp_path / "db" / "fhir.sqlite"
     assert export_directory(Settings(database=f"sqlite:///{db}")) == db.parent / "export"
     assert export_directory(Settings(database=":memory:")) is None
+    assert export_directory(Settings(database="sqlite:///:memory:")) is None
+    assert export_directory(Settings(database="sqlite://")) is None
+    relative = Settings(database="sqlite:///./data/fhir.sqlite")
+    assert export_directory(relative) == Path("data/export")
+    assert export_directory(Settings(database="mongodb://db/fhir")) == Path("data/export")
     assert export_directory(Settings(export_path=str(tmp_path))) == tmp_path
 
 

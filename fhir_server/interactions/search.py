@@ -40,10 +40,15 @@ def _subsetted(resource: dict[str, Any], keep: frozenset[str]) -> dict[str, Any]
     return out
 
 
+def whole(query: SearchQuery) -> bool:
+    """Does the search return whole resources (no ``_summary``/``_elements``)?"""
+    return query.summary in (None, "false") and not query.elements
+
+
 def shape(resource: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
     """Apply ``_summary``/``_elements`` to a resource."""
     summary = query.summary
-    if summary in (None, "false") and not query.elements:
+    if whole(query):
         return resource
     from fhir_server import definitions
 
@@ -78,7 +83,7 @@ def _link(base_url: str, path: str, params: Sequence[tuple[str, str]]) -> str:
 
 def _entry(base_url: str, hit: Hit, query: SearchQuery, raw: bool) -> dict[str, Any]:
     resource: Any
-    if raw and query.summary in (None, "false") and not query.elements:
+    if raw and whole(query):
         resource = jsonio.Stored(hit.content)  # served as stored, never parsed
     else:
         resource = shape(jsonio.loads_stored(hit.content), query)

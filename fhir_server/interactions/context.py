@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fhir_server import jsonio
+from fhir_server.errors import FhirError
 from fhir_server.settings import Settings
 from fhir_server.storage.port import (
     ForwardingUnitOfWork,
@@ -16,6 +17,7 @@ from fhir_server.storage.port import (
     Store,
     StoredVersion,
     UnitOfWork,
+    VersionConflict,
 )
 from fhir_server.validation.registry import DEFINITION_TYPES, ProfileRegistry, RegistryError
 
@@ -105,15 +107,18 @@ class Context:
             yield self.uow
             return
         written: list[dict[str, Any] | str] = []
-        async with self.store.unit_of_work() as store_uow:
-            uow: UnitOfWork = (
-                _Definitions(store_uow, written) if self.profiles is not None else store_uow
-            )
-            if self.audit is None or self.event is None:
-                yield uow
-            else:
-                yield self.audit.recording(uow, self.event)
-                await self.audit.record_writes(uow, self.event)
+        try:
+            async with self.store.unit_of_work() as store_uow:
+                uow: UnitOfWork = (
+                    _Definitions(store_uow, written) if self.profiles is not None else store_uow
+                )
+                if self.audit is None or self.event is None:
+                    yield uow
+                else:
+                    yield self.audit.recording(uow, self.event)
+                    await self.audit.record_writes(uow, self.event)
+        except VersionConflict as exc:  # found by the store when the unit ended
+            raise conflict(exc) from None
         if self.profiles is not None and written:
             register_definitions(self.profiles, written)
 
@@ -121,6 +126,13 @@ class Context:
         if self.uow is not None:
             return await self.uow.read(resource_type, id)
         return await self.store.read(resource_type, id)
+
+
+def conflict(exc: VersionConflict) -> FhirError:
+    """The 409 of a write that met another one (see :meth:`UnitOfWork.put`)."""
+    return FhirError.of(
+        409, "conflict", f"{exc.resource_type}/{exc.id} was changed concurrently: {exc}"
+    )
 
 
 class _Definitions(ForwardingUnitOfWork):

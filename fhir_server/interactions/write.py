@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from fhir_server import jsonio, validation
 from fhir_server.errors import FhirError, Issue, bad_request, has_errors
 from fhir_server.interactions import resources as res
-from fhir_server.interactions.context import Context
+from fhir_server.interactions.context import Context, conflict
 from fhir_server.storage.port import NewVersion, StoredVersion, UnitOfWork, VersionConflict
 
 
@@ -94,9 +94,7 @@ async def _put(
             NewVersion(resource_type, id, version, last_updated, method, content, resource)
         )
     except VersionConflict as exc:
-        raise FhirError.of(
-            409, "conflict", f"{resource_type}/{id} was changed concurrently: {exc}"
-        ) from None
+        raise conflict(exc) from None
 
 
 async def create(

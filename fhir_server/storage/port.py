@@ -86,7 +86,14 @@ class UnitOfWork(Protocol):
     async def read(self, resource_type: str, id: str) -> StoredVersion | None: ...
 
     async def put(self, version: NewVersion) -> StoredVersion:
-        """Write a version; raises :class:`VersionConflict` if it is not current + 1."""
+        """Write a version; raises :class:`VersionConflict` if it is not current + 1.
+
+        A first version (a create) of an id that exists is refused too: by ``put`` once
+        the unit has read or searched (it knows what is there, so the caller can go
+        on), or else possibly only when the unit ends, which then raises
+        :class:`VersionConflict` and writes none of it. Creates with ids chosen by the
+        server never meet this; a store may therefore defer creates to the commit.
+        """
         ...
 
     async def search(

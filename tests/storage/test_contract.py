@@ -56,10 +56,12 @@ async def test_version_must_follow(any_store: Store) -> None:
 
 
 async def test_a_refused_first_version_leaves_the_unit_of_work_usable(any_store: Store) -> None:
-    """A create of an existing id is a conflict; the unit of work goes on and commits
-    the rest, and the existing resource is unchanged."""
+    """A create of an existing id, in a unit that has looked at the database, is a
+    conflict at once; the unit of work goes on and commits the rest, and the existing
+    resource is unchanged."""
     await put(any_store, version("Patient", "u1", 1))
     async with any_store.unit_of_work() as uow:
+        assert await uow.read("Patient", "u0") is None
         with pytest.raises(VersionConflict) as refused:
             await uow.put(version("Patient", "u1", 1))
         assert refused.value.actual == 1
@@ -67,6 +69,34 @@ async def test_a_refused_first_version_leaves_the_unit_of_work_usable(any_store:
     assert (await any_store.read("Patient", "u2")) is not None
     page = await any_store.history(HistoryQuery("Patient", "u1"))
     assert [v.version for v in page.versions] == [1]
+
+
+async def test_a_blind_create_of_an_existing_id_fails_the_unit(any_store: Store) -> None:
+    """Without a read first, the conflict may only show when the unit ends: then
+    nothing of the unit is written (not the creates before or after it either)."""
+    await put(any_store, version("Patient", "b1", 1, gender="male"))
+    with pytest.raises(VersionConflict) as refused:
+        async with any_store.unit_of_work() as uow:
+            await uow.put(version("Patient", "b0", 1))
+            await uow.put(version("Patient", "b1", 1, gender="female"))
+            await uow.put(version("Patient", "b2", 1))
+    assert (refused.value.resource_type, refused.value.id) == ("Patient", "b1")
+    assert refused.value.actual == 1
+    assert await any_store.read("Patient", "b0") is None
+    assert await any_store.read("Patient", "b2") is None
+    current = await any_store.read("Patient", "b1")
+    assert current is not None and b'"male"' in (current.content or b"")
+    assert [
+        v.version for v in (await any_store.history(HistoryQuery("Patient", "b1"))).versions
+    ] == [1]
+
+
+async def test_the_same_id_created_twice_in_a_unit_is_refused(any_store: Store) -> None:
+    with pytest.raises(VersionConflict):
+        async with any_store.unit_of_work() as uow:
+            await uow.put(version("Patient", "t1", 1))
+            await uow.put(version("Patient", "t1", 1))
+    assert await any_store.read("Patient", "t1") is None
 
 
 async def test_delete_keeps_history(any_store: Store) -> None:

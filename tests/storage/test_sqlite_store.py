@@ -4,9 +4,12 @@ rebuild of a database written with an older layout) and the background checkpoin
 from __future__ import annotations
 
 import asyncio
+import gzip
+import math
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -277,16 +280,20 @@ async def test_checkpoints_run_in_the_background_and_stop_with_the_store(tmp_pat
 
 def test_date_stats_remember_committed_and_pending_figures() -> None:
     stats = search_index.DateStats()
-    assert stats.raises(7, 100, 0)  # unknown: the statement is needed
-    assert not stats.raises(7, 50, 0)  # within what this unit already wrote
-    stats.rollback()
-    assert stats.raises(7, 50, 0)  # the rolled-back figure is forgotten
-    stats.commit()
-    assert not stats.raises(7, 50, 0) and not stats.raises(7, 10, 0)
-    assert stats.raises(7, 10, 1)  # several rows: raises 'multi'
-    assert stats.raises(7, 60, 1)
-    stats.commit()
+    unit: dict[int, tuple[int, int]] = {}
+    assert stats.raises(7, 100, 0, unit)  # unknown: the statement is needed
+    assert not stats.raises(7, 50, 0, unit)  # within what this unit already wrote
+    other: dict[int, tuple[int, int]] = {}  # a unit that overlaps (or follows a rollback)
+    assert stats.raises(7, 50, 0, other)  # another unit's pending figure is not known
+    stats.commit(other)
+    assert not stats.raises(7, 50, 0, {}) and not stats.raises(7, 10, 0, {})
+    later: dict[int, tuple[int, int]] = {}
+    assert stats.raises(7, 10, 1, later)  # several rows: raises 'multi'
+    assert stats.raises(7, 60, 1, later)
+    stats.commit(later)
     assert stats.committed[7] == (60, 1)
+    stats.commit(unit)  # committed after: figures only grow
+    assert stats.committed[7] == (100, 1)
 
 
 async def test_writes_that_raise_no_date_figure_skip_the_statement(tmp_path: Path) -> None:
@@ -323,12 +330,113 @@ async def test_writes_that_raise_no_date_figure_skip_the_statement(tmp_path: Pat
             async with store.unit_of_work() as uow:
                 await uow.put(obs(3, "2024"))  # a year wide, rolled back
                 raise RuntimeError("abort")
-        assert upserts() == 1
+        statements.clear()  # (a unit that only creates sends nothing before it commits)
         async with store.unit_of_work() as uow:
             await uow.put(obs(4, "2024"))  # so it is written again
         assert upserts() == 1
         (span,) = store.reader.execute("SELECT max(span) FROM idx_date_stats").fetchone()
         assert span >= 365 * 86_400 * 1_000_000 - 1
+    finally:
+        store.writer.set_trace_callback(None)
+        await store.close()
+
+
+def _index_rows(store: SqliteStore) -> dict[str, list[tuple[Any, ...]]]:
+    """Every index row, with the resource's type/id instead of its rid."""
+    conn = store.reader
+    ids = {rid: (t, i) for rid, t, i in conn.execute("SELECT rid, type, id FROM resource")}
+    tables: dict[str, list[tuple[Any, ...]]] = {}
+    for table in (*search_index.TABLES, "idx_date_stats"):
+        rows = conn.execute(f"SELECT rowid, * FROM {table}").fetchall()
+        if table == "idx_date_stats":
+            tables[table] = sorted(rows)
+            continue
+        tables[table] = sorted((ids[r[1]], r[0] - r[1] * search_index.SPAN, *r[2:]) for r in rows)
+    tables["idx_fulltext"] = sorted(
+        (ids[r[0]], *r[1:]) for r in conn.execute("SELECT rowid, text, content FROM idx_fulltext")
+    )
+    return tables
+
+
+async def test_deferred_creates_store_exactly_what_single_writes_store(tmp_path: Path) -> None:
+    """Creates of a unit of work are written at its end as a few set-based statements
+    over JSON arrays; everything else writes a resource's rows one by one
+    (``search_index.write``). Both must leave the same rows: the official R4 examples
+    cover every kind of index value, infinite range bounds and non-ASCII text included."""
+    examples = {
+        (e["resourceType"], e["id"]): e
+        for e in (
+            jsonio.loads(line)
+            for line in gzip.decompress(
+                (Path(__file__).parents[1] / "data" / "r4-examples.ndjson.gz").read_bytes()
+            ).splitlines()
+        )
+        if e.get("resourceType") != "SearchParameter"
+    }
+    assert len(examples) > 700
+    versions = [
+        NewVersion(t, i, 1, "2024-01-01T00:00:00Z", "create", jsonio.dumps(e), e)
+        for (t, i), e in examples.items()
+    ]
+    stores = [SqliteStore(str(tmp_path / f"{k}.sqlite")) for k in ("deferred", "single")]
+    for s in stores:
+        await s.open()
+    try:
+        deferred, single = stores
+        for chunk in range(0, len(versions), 100):
+            async with deferred.unit_of_work() as uow:
+                for v in versions[chunk : chunk + 100]:
+                    await uow.put(v)
+        conn = single.writer
+        conn.execute("BEGIN IMMEDIATE")
+        for v in versions:
+            rid = conn.execute(
+                "INSERT INTO resource (type, id, version, last_updated, method, content)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (v.resource_type, v.id, v.version, v.last_updated, v.method, v.content),
+            ).lastrowid
+            assert rid is not None and v.resource is not None
+            search_index.write(conn, rid, v.resource_type, v.resource, fresh=True)
+        conn.execute("COMMIT")
+        a, b = _index_rows(deferred), _index_rows(single)
+        assert sum(len(rows) for rows in a.values()) > 8_000
+        assert any(math.isinf(r[4]) for r in a["idx_quantity"])  # an open range
+        for table in a:
+            assert a[table] == b[table], table
+        for v in versions[::50]:
+            stored = await deferred.read(v.resource_type, v.id)
+            assert stored is not None and stored.content == v.content
+            assert await deferred.vread(v.resource_type, v.id, 1) == stored
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_unit_that_only_creates_is_written_by_the_commit_thread(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "c.sqlite"))
+    await store.open()
+    seen: list[tuple[str, str]] = []
+    store.writer.set_trace_callback(lambda sql: seen.append((threading.current_thread().name, sql)))
+
+    def patient(id: str) -> NewVersion:
+        r = {"resourceType": "Patient", "id": id, "gender": "other"}
+        return NewVersion("Patient", id, 1, "2024-01-01T00:00:00Z", "create", jsonio.dumps(r), r)
+
+    try:
+        async with store.unit_of_work() as uow:
+            for i in range(3):
+                await uow.put(patient(f"c{i}"))
+        assert seen, "nothing reached the database"
+        assert {name.partition("_")[0] for name, _ in seen} == {"sqlite-commit"}
+        assert sum(sql.startswith("INSERT INTO resource") for _, sql in seen) == 1  # one batch
+        seen.clear()
+        async with store.unit_of_work() as uow:  # reads first: works on the loop's thread
+            assert await uow.read("Patient", "c0") is not None
+            await uow.put(patient("c3"))
+        loop_thread = threading.current_thread().name
+        assert seen[0] == (loop_thread, "BEGIN IMMEDIATE")
+        assert seen[-1][1] == "COMMIT"
+        assert await store.count("Patient") == 4
     finally:
         store.writer.set_trace_callback(None)
         await store.close()

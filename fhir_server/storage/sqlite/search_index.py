@@ -71,6 +71,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -309,30 +310,62 @@ def _check_span(count: int) -> None:
 class DateStats:
     """What a writer knows to be in ``idx_date_stats`` already, so that a write whose
     date rows raise no figure skips the statement (most writes): the figures of
-    committed units of work, and of the unit in progress (forgotten on rollback). The
-    table only ever grows, so knowing less than it holds costs a redundant statement,
-    never a wrong figure."""
+    committed units of work (``committed``) and of one unit in progress (its own
+    ``pending`` dict, forgotten when it rolls back; units whose commits overlap do not
+    see each other's). The table only ever grows, so knowing less than it holds costs a
+    redundant statement, never a wrong figure."""
 
-    __slots__ = ("committed", "pending")
+    __slots__ = ("committed",)
 
     def __init__(self) -> None:
         self.committed: dict[int, tuple[int, int]] = {}
-        self.pending: dict[int, tuple[int, int]] = {}
 
-    def raises(self, key: int, span: int, multi: int) -> bool:
-        known = self.pending.get(key) or self.committed.get(key)
+    def raises(self, key: int, span: int, multi: int, pending: dict[int, tuple[int, int]]) -> bool:
+        known = pending.get(key) or self.committed.get(key)
         if known is not None and known[0] >= span and known[1] >= multi:
             return False
         old = known or (0, 0)
-        self.pending[key] = (max(old[0], span), max(old[1], multi))
+        pending[key] = (max(old[0], span), max(old[1], multi))
         return True
 
-    def commit(self) -> None:
-        self.committed.update(self.pending)
-        self.pending.clear()
+    def commit(self, pending: dict[int, tuple[int, int]]) -> None:
+        committed = self.committed
+        for key, (span, multi) in pending.items():
+            old = committed.get(key, (0, 0))
+            committed[key] = (max(old[0], span), max(old[1], multi))
 
-    def rollback(self) -> None:
-        self.pending.clear()
+
+@dataclasses.dataclass(slots=True)
+class Indexed:
+    """What a resource adds to the index, computed without the database: its rows per
+    table (``(i, param, *values)``, ``i`` numbering them within the resource's rowid
+    range), the ``idx_date_stats`` figures they raise and its full-text words."""
+
+    rows: list[tuple[str, list[tuple[Any, ...]]]]
+    figures: list[tuple[int, int, int]]
+    text: str
+    content: str
+
+
+def index(
+    resource_type: str,
+    resource: dict[str, Any],
+    *,
+    stats: DateStats | None = None,
+    pending: dict[int, tuple[int, int]] | None = None,
+) -> Indexed:
+    """The index rows of a resource (see :class:`Indexed`); with ``stats``, only the
+    date figures not known to be in the table already."""
+    entries = extract(resource, registry())
+    figures = _date_figures(resource_type, entries.dates) if entries.dates else []
+    if stats is not None and pending is not None:
+        figures = [f for f in figures if stats.raises(*f, pending)]
+    return Indexed(
+        _table_rows(resource_type, entries),
+        figures,
+        fulltext.text_words(resource),
+        fulltext.content_words(resource),
+    )
 
 
 def write(
@@ -342,17 +375,54 @@ def write(
     resource: dict[str, Any],
     *,
     fresh: bool = False,
-    stats: DateStats | None = None,
 ) -> None:
-    """Replace the index rows of a resource (``fresh``: it has none yet)."""
+    """Replace the index rows of a resource (``fresh``: it has none yet); every date
+    figure is (re)stated."""
     if not fresh:
         delete(conn, rid)
-    e = extract(resource, registry())
-    _insert(conn, resource_type, rid, e, stats=stats)
+    write_indexed(conn, rid, index(resource_type, resource))
+
+
+def write_indexed(conn: sqlite3.Connection, rid: int, indexed: Indexed) -> None:
+    """Insert the rows of :func:`index` for the resource ``rid`` (which has none)."""
+    _insert_rows(conn, rid, indexed.rows)
+    _raise_figures(conn, indexed.figures)
     conn.execute(
         "INSERT INTO idx_fulltext (rowid, text, content) VALUES (?, ?, ?)",
-        (rid, fulltext.text_words(resource), fulltext.content_words(resource)),
+        (rid, indexed.text, indexed.content),
     )
+
+
+def _table_rows(
+    resource_type: str, entries: IndexEntries, first: dict[str, int] | None = None
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """Each table's rows of ``entries`` as ``(i, param, *values)``, ``i`` counting from
+    ``first[table]`` (default 0) within the resource's rowid range."""
+    k = _key
+    out = []
+    for table, field in _FIELDS:
+        values = getattr(entries, field)
+        if not values:
+            continue
+        start = (first or {}).get(table, 0)
+        _check_span(start + len(values))
+        out.append(
+            (
+                table,
+                [(start + i, k(resource_type, c), *rest) for i, (c, *rest) in enumerate(values)],
+            )
+        )
+    return out
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, rid: int, rows: list[tuple[str, list[tuple[Any, ...]]]]
+) -> None:
+    base = rid * SPAN
+    for table, table_rows in rows:
+        conn.executemany(
+            _INSERTS[table], [(base + i, rid, param, *rest) for i, param, *rest in table_rows]
+        )
 
 
 def _insert(
@@ -361,54 +431,113 @@ def _insert(
     rid: int,
     entries: IndexEntries,
     first: dict[str, int] | None = None,
-    *,
-    stats: DateStats | None = None,
 ) -> None:
     """Insert the index rows of one resource's ``entries``, each table's numbered from
     ``first[table]`` (default 0) within the resource's rowid range."""
-    k = _key
-    for table, (field, columns, marks) in _INSERTS.items():
-        values = getattr(entries, field)
-        if not values:
-            continue
-        base = rid * SPAN + (first or {}).get(table, 0)
-        _check_span(base - rid * SPAN + len(values))
-        conn.executemany(
-            f"INSERT INTO {table} (rowid, rid, param, {columns}) VALUES ({marks})",
-            [(base + i, rid, k(resource_type, c), *rest) for i, (c, *rest) in enumerate(values)],
-        )
+    _insert_rows(conn, rid, _table_rows(resource_type, entries, first))
     if entries.dates:
-        _note_dates(conn, resource_type, entries.dates, stats)
+        _raise_figures(conn, _date_figures(resource_type, entries.dates))
 
 
-def _note_dates(
-    conn: sqlite3.Connection,
-    resource_type: str,
-    rows: Iterable[DateRow],
-    stats: DateStats | None = None,
-) -> None:
-    """Raise the ``idx_date_stats`` of the parameters of one resource's date rows (all
-    of its rows of each parameter): the widest finite range, and whether it has several
-    rows of a parameter. Figures are never lowered (deletes and updates leave them), so
-    they bound every row there is; see :func:`_window_parts`."""
+def _date_figures(resource_type: str, rows: Iterable[DateRow]) -> list[tuple[int, int, int]]:
+    """The ``idx_date_stats`` figures of one resource's date rows (all of its rows of
+    each parameter): the widest finite range, and whether it has several rows of a
+    parameter. Figures are never lowered (deletes and updates leave them), so they
+    bound every row there is; see :func:`_window_parts`."""
     seen: dict[str, tuple[int, int]] = {}  # code -> (rows, widest finite span)
     for code, lo, hi, _ in rows:
         n, span = seen.get(code, (0, 0))
         if lo > values.MIN_TIME and hi < values.MAX_TIME:
             span = max(span, hi - lo)
         seen[code] = (n + 1, span)
-    figures = [(_key(resource_type, c), span, int(n > 1)) for c, (n, span) in seen.items()]
-    if stats is not None:
-        figures = [f for f in figures if stats.raises(*f)]
-        if not figures:
-            return
-    conn.executemany(
-        "INSERT INTO idx_date_stats (param, span, multi) VALUES (?, ?, ?)"
-        " ON CONFLICT (param) DO UPDATE SET span = max(span, excluded.span),"
-        " multi = max(multi, excluded.multi)"
-        " WHERE excluded.span > span OR excluded.multi > multi",
-        figures,
+    return [(_key(resource_type, c), span, int(n > 1)) for c, (n, span) in seen.items()]
+
+
+_RAISE_FIGURE = (
+    " ON CONFLICT (param) DO UPDATE SET span = max(span, excluded.span),"
+    " multi = max(multi, excluded.multi)"
+    " WHERE excluded.span > span OR excluded.multi > multi"
+)
+
+
+def _raise_figures(conn: sqlite3.Connection, figures: list[tuple[int, int, int]]) -> None:
+    if figures:
+        conn.executemany(
+            "INSERT INTO idx_date_stats (param, span, multi) VALUES (?, ?, ?)" + _RAISE_FIGURE,
+            figures,
+        )
+
+
+# ------------------------------------------------------------------ set-based writing
+# The rows of many new resources as a few statements over JSON arrays: each statement
+# runs as one call into SQLite, which lets another thread run them without waiting for
+# the GIL after every row (see the store's deferred first versions). ``?1`` is the rid
+# of the batch's first resource; a row's first element numbers its resource within the
+# batch. (The figures' statement leaves ``?1`` unused, to take the same parameters.)
+
+
+_REAL_TABLES = ("idx_number", "idx_quantity")  # lo, hi may be infinite (open ranges)
+_INFINITE = {math.inf: "9e999", -math.inf: "-9e999"}  # JSON has no infinity; SQLite
+# reads these as +-infinity when it casts them to REAL
+
+
+def _batch_insert(table: str, columns: str) -> str:
+    names = [c.strip() for c in columns.split(",")]
+    values = ", ".join(
+        f"CAST(value->>{3 + k} AS REAL)"
+        if table in _REAL_TABLES and c in ("lo", "hi")
+        else f"value->>{3 + k}"
+        for k, c in enumerate(names)
     )
+    return (
+        f"INSERT INTO {table} (rowid, rid, param, {columns})"
+        f" SELECT (?1 + (value->>0)) * {SPAN} + (value->>1), ?1 + (value->>0), value->>2,"
+        f" {values} FROM json_each(?2)"
+    )
+
+
+BATCH_FULLTEXT = (
+    "INSERT INTO idx_fulltext (rowid, text, content)"
+    " SELECT ?1 + (value->>0), value->>1, value->>2 FROM json_each(?2)"
+)
+BATCH_FIGURES = (
+    "INSERT INTO idx_date_stats (param, span, multi)"
+    " SELECT value->>0, value->>1, value->>2 FROM json_each(?2) WHERE true" + _RAISE_FIGURE
+)
+
+
+class Batch:
+    """The index rows of new resources numbered 0, 1, ... within a batch whose rids are
+    only known when it is written (:meth:`statements`)."""
+
+    __slots__ = ("figures", "fulltext", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[Any, ...]]] = {}
+        self.fulltext: list[tuple[int, str, str]] = []
+        self.figures: list[tuple[int, int, int]] = []
+
+    def add(self, n: int, indexed: Indexed) -> None:
+        for table, table_rows in indexed.rows:
+            if table in _REAL_TABLES:  # (i, param, lo, hi, ...)
+                inf = _INFINITE
+                table_rows = [
+                    (i, p, inf.get(lo, lo), inf.get(hi, hi), *rest)
+                    for i, p, lo, hi, *rest in table_rows
+                ]
+            self.rows.setdefault(table, []).extend((n, *row) for row in table_rows)
+        self.fulltext.append((n, indexed.text, indexed.content))
+        self.figures.extend(indexed.figures)
+
+    def statements(self, dumps: Any) -> list[tuple[str, tuple[Any, ...]]]:
+        """(SQL, parameters without the first rid) of each statement; ``dumps`` encodes
+        a list as JSON bytes."""
+        out = [(_BATCH_INSERTS[t], (dumps(rows),)) for t, rows in self.rows.items()]
+        if self.fulltext:
+            out.append((BATCH_FULLTEXT, (dumps(self.fulltext),)))
+        if self.figures:
+            out.append((BATCH_FIGURES, (dumps(self.figures),)))
+        return out
 
 
 # --------------------------------------------------------------------------- conditions
@@ -1391,10 +1520,15 @@ _ROW_COLUMNS = {
     "idx_quantity": ("quantities", "lo, hi, system, code, unit, grp"),
     "idx_uri": ("uris", "value, grp"),
 }
-# table -> (IndexEntries field, value columns, placeholders of rowid, rid, param, values)
+# table -> INSERT of one row: rowid, rid, param, values
 _INSERTS = {
-    table: (field, columns, ", ".join("?" * (3 + columns.count(",") + 1)))
-    for table, (field, columns) in _ROW_COLUMNS.items()
+    table: f"INSERT INTO {table} (rowid, rid, param, {columns})"
+    f" VALUES ({', '.join('?' * (3 + columns.count(',') + 1))})"
+    for table, (_, columns) in _ROW_COLUMNS.items()
+}
+_FIELDS = [(table, field) for table, (field, _) in _ROW_COLUMNS.items()]
+_BATCH_INSERTS = {
+    table: _batch_insert(table, columns) for table, (_, columns) in _ROW_COLUMNS.items()
 }
 
 

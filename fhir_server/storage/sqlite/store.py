@@ -10,7 +10,12 @@ Design:
   an asyncio lock and ``BEGIN IMMEDIATE`` (which also serialises writers in other
   processes); one reader connection for everything else, which sees committed data only.
 - SQLite calls are quick and run on the event loop thread; they never wait on the
-  network. Large imports should use the ``load`` command rather than the API.
+  network. Large imports should use the ``load`` command rather than the API. The
+  exception is the end of a unit of work: its creates (kept until then, see
+  :class:`_SqliteUnitOfWork`) and its COMMIT run on a commit thread as a few
+  set-based statements, each one call into SQLite without the GIL, while the event
+  loop already prepares the next unit. About a third of a 100-entry transaction's
+  CPU moved to the second core that way (1,386 to 2,125 resources/s over HTTP).
 - WAL checkpoints (copying committed pages from the WAL into the database file, with
   an fsync) run on a background thread with its own connection, woken after commits,
   rather than inside the writer's COMMIT: they took about a fifth of the SQLite time
@@ -24,12 +29,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from fhir_server import jsonio
 from fhir_server.search.query import SearchQuery, SearchResult
@@ -73,6 +82,12 @@ CREATE INDEX IF NOT EXISTS history_updated ON history (last_updated);
 
 _VERSION_COLS = "type, id, version, last_updated, method, content"
 
+# The commit thread needs the GIL back after each statement while the event loop keeps
+# it busy; CPython makes a running thread hand it over after the switch interval (5 ms
+# by default), which made a commit of ~12 statements slower than preparing the next
+# unit of work. 1 ms: 100-entry transactions ran at ~1,950 resources/s instead of
+# ~1,700 (in-process, 4 at a time).
+COMMIT_SWITCH_INTERVAL = 0.001
 WAL_SAFETY_PAGES = 20000  # the writer's own autocheckpoint (about 80 MB of WAL)
 CHECKPOINT_BATCH_SECONDS = 0.5  # commits within this window share one checkpoint
 
@@ -152,27 +167,172 @@ def _read_current(conn: sqlite3.Connection, resource_type: str, id: str) -> Stor
     return _row_to_version(row) if row else None
 
 
+# First versions written as a batch (see _Deferred): ?1 is the rid of the first one.
+_BATCH_VERSIONS = (
+    " SELECT ?1 + (value->>0), value->>1, value->>2, value->>3, value->>4, value->>5,"
+    " CAST(value->>6 AS BLOB) FROM json_each(?2)"
+)
+_BATCH_RESOURCE = (
+    "INSERT INTO resource (rid, type, id, version, last_updated, method, content)" + _BATCH_VERSIONS
+)
+_BATCH_HISTORY = (
+    "INSERT INTO history (rid, type, id, version, last_updated, method, content)" + _BATCH_VERSIONS
+)
+
+
+class _Deferred:
+    """The first versions (creates) a unit of work has written but not yet sent to the
+    database, with their index rows: written as a few set-based statements when the
+    unit needs the database or commits. Their rids are assigned then, in order, after
+    the largest one there is (the unit holds the write lock)."""
+
+    __slots__ = ("batch", "keys", "versions")
+
+    def __init__(self) -> None:
+        self.versions: list[tuple[int, str, str, int, str, str, str]] = []
+        self.keys: set[tuple[str, str]] = set()
+        self.batch = search_index.Batch()
+
+    def add(self, v: NewVersion, indexed: search_index.Indexed) -> None:
+        n = len(self.versions)
+        assert v.content is not None
+        self.versions.append(
+            (n, v.resource_type, v.id, v.version, v.last_updated, v.method, v.content.decode())
+        )
+        self.keys.add((v.resource_type, v.id))
+        self.batch.add(n, indexed)
+
+    def statements(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """(SQL, parameters after the first rid); the first one inserts the resources."""
+        versions = (orjson.dumps(self.versions),)
+        return [
+            (_BATCH_RESOURCE, versions),
+            (_BATCH_HISTORY, versions),
+            *self.batch.statements(orjson.dumps),
+        ]
+
+
+def _write_deferred(
+    conn: sqlite3.Connection,
+    statements: list[tuple[str, tuple[Any, ...]]],
+    keys: set[tuple[str, str]],
+) -> None:
+    """Run :meth:`_Deferred.statements` inside the writer's transaction. A resource that
+    exists already fails the first statement: :class:`VersionConflict` for it."""
+    (first,) = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM resource").fetchone()
+    try:
+        conn.execute(statements[0][0], (first, *statements[0][1]))
+    except sqlite3.IntegrityError:
+        for resource_type, id in sorted(keys):
+            found = _current_row(conn, resource_type, id)
+            if found is not None:
+                raise VersionConflict(resource_type, id, 0, found[1]) from None
+        raise
+    for sql, params in statements[1:]:
+        conn.execute(sql, (first, *params))
+
+
+def _commit(
+    conn: sqlite3.Connection,
+    begun: bool,
+    statements: list[tuple[str, tuple[Any, ...]]],
+    keys: set[tuple[str, str]],
+) -> None:
+    """A unit of work's end, on the commit thread: its deferred writes, then COMMIT."""
+    try:
+        if not begun:
+            conn.execute("BEGIN IMMEDIATE")
+        if statements:
+            _write_deferred(conn, statements, keys)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class _SqliteUnitOfWork:
-    def __init__(self, conn: sqlite3.Connection, stats: search_index.DateStats) -> None:
-        self._conn = conn
-        self._stats = stats
+    """A unit of work on the writer connection.
+
+    It begins its database transaction (``BEGIN IMMEDIATE``) only when it first needs
+    the database: a read, a search, or a write other than a create. Creates are
+    validated and indexed at once but kept in :class:`_Deferred` until then, or until
+    the commit, which runs on the store's commit thread: a unit that only creates
+    (a transaction Bundle of POSTs, a batch of AuditEvents) leaves the event loop free
+    to prepare the next unit while SQLite writes this one. A create of an id that
+    exists is refused by :meth:`put` once the unit has begun, and by the commit (the
+    whole unit then fails with :class:`VersionConflict`) before.
+    """
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.conn = store.writer
+        self.begun = False
+        self.deferred = _Deferred()
+        self.date_figures: dict[int, tuple[int, int]] = {}  # see DateStats
+
+    async def _connection(self) -> sqlite3.Connection:
+        """The writer connection inside this unit's transaction, its deferred creates
+        written."""
+        conn = self.conn
+        if not self.begun:
+            await self._store.settled()
+            conn.execute("BEGIN IMMEDIATE")
+            self.begun = True
+        if self.deferred.versions:
+            _write_deferred(conn, self.deferred.statements(), self.deferred.keys)
+            self.deferred = _Deferred()
+        return conn
+
+    def _index(self, v: NewVersion) -> search_index.Indexed:
+        assert v.resource is not None
+        return search_index.index(
+            v.resource_type, v.resource, stats=self._store.date_stats, pending=self.date_figures
+        )
 
     async def read(self, resource_type: str, id: str) -> StoredVersion | None:
-        return _read_current(self._conn, resource_type, id)
+        return _read_current(await self._connection(), resource_type, id)
 
     async def put(self, version: NewVersion) -> StoredVersion:
-        conn = self._conn
+        if (
+            version.version == 1
+            and version.resource is not None
+            and version.resource_type != "SearchParameter"
+        ):
+            await self._defer(version)
+        else:
+            await self._write(version)
+        return StoredVersion(
+            version.resource_type,
+            version.id,
+            version.version,
+            version.last_updated,
+            version.method,
+            version.content,
+        )
+
+    async def _defer(self, version: NewVersion) -> None:
+        key = (version.resource_type, version.id)
+        found = None
+        if key in self.deferred.keys:
+            found = 1
+        elif self.begun:  # the connection is this unit's: the check is exact
+            row = _current_row(self.conn, *key)
+            found = row and row[1]
+        if found:
+            raise VersionConflict(version.resource_type, version.id, 0, found)
+        self.deferred.add(version, self._index(version))
+
+    async def _write(self, version: NewVersion) -> None:
+        conn = await self._connection()
         row: tuple[int, int] | None = None
         if version.version == 1:
-            # a first version: the resource must not exist, which the UNIQUE (type, id)
-            # constraint checks while inserting (no lookup first: most writes create)
             try:
-                rid = self._insert_new(version)
+                rid = _insert_new(conn, version)
             except sqlite3.IntegrityError:
                 found = _current_row(conn, version.resource_type, version.id)
-                current = found[1] if found else None
                 raise VersionConflict(
-                    version.resource_type, version.id, version.version - 1, current
+                    version.resource_type, version.id, 0, found[1] if found else None
                 ) from None
         else:
             row = _current_row(conn, version.resource_type, version.id)
@@ -194,34 +354,10 @@ class _SqliteUnitOfWork:
         if version.resource_type == "SearchParameter" and version.resource is not None:
             # a custom search parameter becomes searchable, existing data indexed for it
             search_index.register_search_parameter(conn, version.resource)
-        if version.resource is None:
+        if row is not None:
             search_index.delete(conn, rid)
-        else:
-            search_index.write(
-                conn,
-                rid,
-                version.resource_type,
-                version.resource,
-                fresh=row is None,
-                stats=self._stats,
-            )
-        return StoredVersion(
-            version.resource_type,
-            version.id,
-            version.version,
-            version.last_updated,
-            version.method,
-            version.content,
-        )
-
-    def _insert_new(self, version: NewVersion) -> int:
-        rid = self._conn.execute(
-            "INSERT INTO resource (type, id, version, last_updated, method, content)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            _columns(version),
-        ).lastrowid
-        assert rid is not None
-        return rid
+        if version.resource is not None:
+            search_index.write_indexed(conn, rid, self._index(version))
 
     async def search(
         self,
@@ -230,7 +366,18 @@ class _SqliteUnitOfWork:
         *,
         base_url: str | None = None,
     ) -> list[str]:
-        return search_index.search_ids(self._conn, resource_type, params, base_url=base_url)
+        conn = await self._connection()
+        return search_index.search_ids(conn, resource_type, params, base_url=base_url)
+
+
+def _insert_new(conn: sqlite3.Connection, version: NewVersion) -> int:
+    rid = conn.execute(
+        "INSERT INTO resource (type, id, version, last_updated, method, content)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        _columns(version),
+    ).lastrowid
+    assert rid is not None
+    return rid
 
 
 class SqliteStore:
@@ -250,7 +397,10 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._checkpointer: _Checkpointer | None = None
-        self._date_stats = search_index.DateStats()
+        self.date_stats = search_index.DateStats()
+        # commits run here, one at a time, in the order units of work end
+        self._committer: ThreadPoolExecutor | None = None
+        self._last_commit: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
         self._writer = connect(self.path)
@@ -265,8 +415,15 @@ class SqliteStore:
         self._writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_SAFETY_PAGES}")
         self._checkpointer = _Checkpointer(self.path)
         self._reader = connect(self.path)
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
+        if sys.getswitchinterval() > COMMIT_SWITCH_INTERVAL:
+            sys.setswitchinterval(COMMIT_SWITCH_INTERVAL)
 
     async def close(self) -> None:
+        await self.settled()
+        if self._committer is not None:
+            self._committer.shutdown()
+            self._committer = None
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
@@ -358,23 +515,35 @@ class SqliteStore:
             ).fetchone()
         return int(row[0])
 
+    async def settled(self) -> None:
+        """Wait until every unit of work handed to the commit thread has ended (the
+        writer connection is free)."""
+        last = self._last_commit
+        if last is not None and not last.done():
+            await asyncio.wait([last])
+
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
         async with self._lock:
-            conn = self.writer
-            conn.execute("BEGIN IMMEDIATE")
+            uow = _SqliteUnitOfWork(self)
             try:
-                yield _SqliteUnitOfWork(conn, self._date_stats)
+                yield uow
             except BaseException:
-                self._date_stats.rollback()
-                conn.execute("ROLLBACK")
+                if uow.begun:
+                    uow.conn.execute("ROLLBACK")
                 raise
-            else:
-                try:
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._date_stats.rollback()
-                    raise
-                self._date_stats.commit()
-                if self._checkpointer is not None:
-                    self._checkpointer.committed()
+            if not uow.begun and not uow.deferred.versions:
+                return  # it neither read nor wrote anything
+            assert self._committer is not None
+            deferred = uow.deferred
+            statements = deferred.statements() if deferred.versions else []
+            commit = asyncio.get_running_loop().run_in_executor(
+                self._committer, _commit, uow.conn, uow.begun, statements, deferred.keys
+            )
+            self._last_commit = commit
+        # the lock is free: the next unit runs (without the database until this commit
+        # has ended) while the commit thread writes this one
+        await asyncio.shield(commit)
+        self.date_stats.commit(uow.date_figures)
+        if self._checkpointer is not None:
+            self._checkpointer.committed()

@@ -22,7 +22,11 @@ and waits for its answer, in a worker thread so that the event loop keeps servin
 
 The child commits in chunks of :data:`CHUNK` events, so that a write of the server
 process never waits long for the database's write lock (SQLite: one writer at a
-time across processes; the server's own writes are usually quicker to get it).
+time across processes). The lock is held only while a chunk's rows are inserted
+(the SQLite store builds them before it begins), about 60 ms for 250 events here;
+larger chunks make each event cheaper (a commit rewrites the same hot index pages
+whatever it holds: 76 us of COMMIT per event in chunks of 50, 30 us in chunks of
+500).
 
 When the child cannot be reached (it died, or never started) :meth:`write` raises
 :class:`WriterGone` and the trail writes inline from then on (logged): records are
@@ -49,7 +53,7 @@ from fhir_server.storage.port import Store
 
 log = logging.getLogger("fhir_server.audit")
 
-CHUNK: Final = 50  # AuditEvents per unit of work in the child
+CHUNK: Final = 250  # AuditEvents per unit of work in the child
 STOP: Final = b""
 
 StoreFactory = Callable[[str], Store]

@@ -18,7 +18,7 @@ from fhir_server.errors import FhirError
 from fhir_server.search.parser import parse
 from fhir_server.storage.port import NewVersion
 from fhir_server.storage.sqlite import search_index
-from fhir_server.storage.sqlite.store import SqliteStore
+from fhir_server.storage.sqlite.store import THREAD_MIN_CREATES, SqliteStore
 
 
 def _patient(i: int) -> dict[str, object]:
@@ -422,21 +422,28 @@ async def test_a_unit_that_only_creates_is_written_by_the_commit_thread(tmp_path
         r = {"resourceType": "Patient", "id": id, "gender": "other"}
         return NewVersion("Patient", id, 1, "2024-01-01T00:00:00Z", "create", jsonio.dumps(r), r)
 
+    many = THREAD_MIN_CREATES
+    loop_thread = threading.current_thread().name
     try:
         async with store.unit_of_work() as uow:
-            for i in range(3):
+            for i in range(many):
                 await uow.put(patient(f"c{i}"))
         assert seen, "nothing reached the database"
         assert {name.partition("_")[0] for name, _ in seen} == {"sqlite-commit"}
         assert sum(sql.startswith("INSERT INTO resource") for _, sql in seen) == 1  # one batch
         seen.clear()
-        async with store.unit_of_work() as uow:  # reads first: works on the loop's thread
+        async with store.unit_of_work() as uow:  # a small unit: on the loop's thread
+            await uow.put(patient("small"))
+        assert seen and {name for name, _ in seen} == {loop_thread}
+        assert sum(sql.startswith("INSERT INTO resource") for _, sql in seen) == 1
+        seen.clear()
+        async with store.unit_of_work() as uow:  # reads first: begins on the loop's thread
             assert await uow.read("Patient", "c0") is not None
-            await uow.put(patient("c3"))
-        loop_thread = threading.current_thread().name
+            for i in range(many):
+                await uow.put(patient(f"r{i}"))
         assert seen[0] == (loop_thread, "BEGIN IMMEDIATE")
         assert seen[-1][1] == "COMMIT"
-        assert await store.count("Patient") == 4
+        assert await store.count("Patient") == 2 * many + 1
     finally:
         store.writer.set_trace_callback(None)
         await store.close()

@@ -181,24 +181,33 @@ def _hash_key(scope: str, code: str) -> int:
     return int.from_bytes(digest[:6], "big") >> 1
 
 
-_key_cache: dict[tuple[str, str], int] = {}
+_key_cache: dict[str, dict[str, int]] = {}  # resource type -> code -> key
 _key_cache_of: tuple[int, int] = (0, -1)  # (id, version) of the registry it was built for
 
 
-def _key(resource_type: str, code: str) -> int:
-    """The ``param`` value of a parameter's rows (``*`` scope for common parameters)."""
+def _type_keys(resource_type: str) -> dict[str, int]:
+    """The keys known so far of a type's parameters (see :func:`_key`), for the
+    registry in use."""
     global _key_cache_of
     reg = registry()
     if _key_cache_of != (id(reg), reg.version):
         _key_cache.clear()
         _key_cache_of = (id(reg), reg.version)
-    key = _key_cache.get((resource_type, code))
+    keys = _key_cache.get(resource_type)
+    if keys is None:
+        keys = _key_cache[resource_type] = {}
+    return keys
+
+
+def _key(resource_type: str, code: str) -> int:
+    """The ``param`` value of a parameter's rows (``*`` scope for common parameters)."""
+    keys = _type_keys(resource_type)
+    key = keys.get(code)
     if key is None:
         base = code.partition("#")[0].partition(":")[0]
-        p = reg.get(resource_type, base)
+        p = registry().get(resource_type, base)
         common = p is not None and any(b in ("Resource", "DomainResource") for b in p.base)
-        key = _hash_key("*" if common else resource_type, code)
-        _key_cache[(resource_type, code)] = key
+        key = keys[code] = _hash_key("*" if common else resource_type, code)
     return key
 
 
@@ -398,7 +407,7 @@ def _table_rows(
 ) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """Each table's rows of ``entries`` as ``(i, param, *values)``, ``i`` counting from
     ``first[table]`` (default 0) within the resource's rowid range."""
-    k = _key
+    keys = _type_keys(resource_type)
     out = []
     for table, field in _FIELDS:
         values = getattr(entries, field)
@@ -409,7 +418,10 @@ def _table_rows(
         out.append(
             (
                 table,
-                [(start + i, k(resource_type, c), *rest) for i, (c, *rest) in enumerate(values)],
+                [
+                    (start + i, keys[c] if c in keys else _key(resource_type, c), *rest)
+                    for i, (c, *rest) in enumerate(values)
+                ],
             )
         )
     return out

@@ -80,6 +80,17 @@ class VersionConflict(Exception):
         self.actual = actual
 
 
+class StoreUnavailable(Exception):
+    """The store cannot do it now, for a reason that may pass (its write lock held
+    longer than it waits, no space left): nothing of the unit of work was written
+    and the same request may succeed later. ``code`` is the OperationOutcome issue
+    type that says why (``lock-error``, ``no-store``)."""
+
+    def __init__(self, reason: str, code: Literal["lock-error", "no-store"]) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
 class UnitOfWork(Protocol):
     """An atomic, serialised group of reads and writes."""
 

@@ -11,13 +11,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from fhir_server import jsonio
+from fhir_server.app import create_app
 from fhir_server.errors import FhirError
 from fhir_server.search.parser import parse
+from fhir_server.settings import Settings
 from fhir_server.storage.port import NewVersion
 from fhir_server.storage.sqlite import search_index
+from fhir_server.storage.sqlite import store as store_module
 from fhir_server.storage.sqlite.store import THREAD_MIN_CREATES, SqliteStore
 
 
@@ -446,4 +450,52 @@ async def test_a_unit_that_only_creates_is_written_by_the_commit_thread(tmp_path
         assert await store.count("Patient") == 2 * many + 1
     finally:
         store.writer.set_trace_callback(None)
+        await store.close()
+
+
+async def test_a_write_lock_held_too_long_answers_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding the database's write lock for longer than the store
+    waits (the audit writer, a `load`) is a temporary condition: 503 with Retry-After
+    and an OperationOutcome that says so, whichever path the unit of work takes, and
+    nothing written."""
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "busy.sqlite"
+    store = SqliteStore(str(path))
+    await store.open()
+    app = create_app(
+        Settings(database=f"sqlite:///{path}", public_base_url="http://test/fhir"), store
+    )
+    patient = {"resourceType": "Patient", "gender": "other"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient, "request": {"method": "POST", "url": "Patient"}}
+            for _ in range(THREAD_MIN_CREATES)
+        ],
+    }
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test/fhir/") as c:
+            other.execute("BEGIN IMMEDIATE")
+            answers = [
+                await c.post("Patient", json=patient),  # one create: commits on the loop
+                await c.post("", json=bundle),  # many: on the commit thread
+                await c.put("Patient/p1", json={**patient, "id": "p1"}),  # reads first
+            ]
+            for r in answers:
+                assert r.status_code == 503, r.text
+                assert r.headers["Retry-After"] == "1"
+                issue = r.json()["issue"][0]
+                assert issue["code"] == "lock-error" and "busy" in issue["diagnostics"]
+            other.execute("ROLLBACK")
+            assert await store.count() == 0
+            assert (await c.post("Patient", json=patient)).status_code == 201
+            assert (await c.post("", json=bundle)).status_code == 200
+            assert await store.count() == 1 + THREAD_MIN_CREATES
+    finally:
+        other.close()
         await store.close()

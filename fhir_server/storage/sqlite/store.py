@@ -48,6 +48,7 @@ from fhir_server.storage.port import (
     Method,
     NewVersion,
     StoredVersion,
+    StoreUnavailable,
     UnitOfWork,
     VersionConflict,
 )
@@ -93,6 +94,9 @@ COMMIT_SWITCH_INTERVAL = 0.001
 # POST in all instead of 1,170; 8 at a time in-process), as every statement of a
 # unit hands the GIL over and back.
 THREAD_MIN_CREATES = 8
+# How long a connection waits for another one's lock (another process's unit of work,
+# usually the audit writer's) before the request fails with 503
+BUSY_TIMEOUT_MS = 10_000
 WAL_SAFETY_PAGES = 20000  # the writer's own autocheckpoint (about 80 MB of WAL)
 CHECKPOINT_BATCH_SECONDS = 0.5  # commits within this window share one checkpoint
 
@@ -143,7 +147,7 @@ def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, uri=True)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA mmap_size=268435456")
@@ -217,6 +221,28 @@ class _Deferred:
         ]
 
 
+def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable | None:
+    """The transient failures of SQLite as :class:`StoreUnavailable` (None for the
+    others, which are bugs or damage)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StoreUnavailable(
+            f"the database is busy (its write lock was held for more than"
+            f" {BUSY_TIMEOUT_MS / 1000:g} s): {exc}",
+            "lock-error",
+        )
+    if name == "SQLITE_FULL":
+        return StoreUnavailable(f"the database has no space left: {exc}", "no-store")
+    return None
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise _unavailable(exc) or exc from None
+
+
 def _write_deferred(
     conn: sqlite3.Connection,
     statements: list[tuple[str, tuple[Any, ...]]],
@@ -246,13 +272,15 @@ def _commit(
     """A unit of work's end, on the commit thread: its deferred writes, then COMMIT."""
     try:
         if not begun:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
         if statements:
             _write_deferred(conn, statements, keys)
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            raise _unavailable(exc) or exc from None
         raise
 
 
@@ -282,7 +310,7 @@ class _SqliteUnitOfWork:
         conn = self.conn
         if not self.begun:
             await self._store.settled()
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             self.begun = True
         if self.deferred.versions:
             _write_deferred(conn, self.deferred.statements(), self.deferred.keys)
@@ -533,9 +561,11 @@ class SqliteStore:
             uow = _SqliteUnitOfWork(self)
             try:
                 yield uow
-            except BaseException:
+            except BaseException as exc:
                 if uow.begun:
                     uow.conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _unavailable(exc) or exc from None
                 raise
             if not uow.begun and not uow.deferred.versions:
                 return  # it neither read nor wrote anything

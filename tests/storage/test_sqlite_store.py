@@ -19,7 +19,7 @@ from fhir_server.app import create_app
 from fhir_server.errors import FhirError
 from fhir_server.search.parser import parse
 from fhir_server.settings import Settings
-from fhir_server.storage.port import NewVersion
+from fhir_server.storage.port import HistoryQuery, NewVersion
 from fhir_server.storage.sqlite import search_index
 from fhir_server.storage.sqlite import store as store_module
 from fhir_server.storage.sqlite.store import THREAD_MIN_CREATES, SqliteStore
@@ -498,4 +498,58 @@ async def test_a_write_lock_held_too_long_answers_503(
             assert await store.count() == 1 + THREAD_MIN_CREATES
     finally:
         other.close()
+        await store.close()
+
+
+def _patient_version(id: str, v: int = 1, **body: Any) -> NewVersion:
+    r = {"resourceType": "Patient", "id": id, "meta": {"versionId": str(v)}, **body}
+    method = "create" if v == 1 else "update"
+    return NewVersion("Patient", id, v, f"2024-01-01T00:00:0{v}Z", method, jsonio.dumps(r), r)
+
+
+async def test_a_unit_sees_its_kept_creates_in_searches_and_updates(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "own.sqlite"))
+    await store.open()
+    try:
+        async with store.unit_of_work() as uow:
+            for i in range(THREAD_MIN_CREATES):
+                await uow.put(_patient_version(f"k{i}", name=[{"family": f"Kept{i}"}]))
+            # a search writes the kept creates first, then sees them
+            assert await uow.search("Patient", [("family", "Kept3")]) == ["k3"]
+            await uow.put(_patient_version("k3", 2, gender="female"))
+            await uow.put(_patient_version("late", gender="male"))  # kept again
+        history = await store.history(HistoryQuery("Patient", "k3"))
+        assert [v.version for v in history.versions] == [2, 1]
+        found = await store.search(parse("Patient", [("family", "Kept3")]))
+        assert [h.id for h in found.matches] == []  # version 2 has no name
+        found = await store.search(parse("Patient", [("gender", "female")]))
+        assert [h.id for h in found.matches] == ["k3"]
+        assert await store.read("Patient", "late") is not None
+    finally:
+        await store.close()
+
+
+async def test_the_next_unit_reads_what_the_previous_one_is_committing(tmp_path: Path) -> None:
+    """A unit that only creates hands its commit to the commit thread and lets the next
+    unit run; that unit's first read waits for the commit, so it sees the creates."""
+    store = SqliteStore(str(tmp_path / "next.sqlite"))
+    await store.open()
+    ended = asyncio.Event()
+    try:
+
+        async def creates() -> None:
+            async with store.unit_of_work() as uow:
+                for i in range(50 * THREAD_MIN_CREATES):
+                    await uow.put(_patient_version(f"n{i}"))
+                ended.set()  # the unit's body is done; its commit follows
+
+        async def reads() -> int:
+            await ended.wait()
+            async with store.unit_of_work() as uow:
+                last = await uow.read("Patient", f"n{50 * THREAD_MIN_CREATES - 1}")
+                return 0 if last is None else last.version
+
+        _, version = await asyncio.gather(creates(), reads())
+        assert version == 1
+    finally:
         await store.close()

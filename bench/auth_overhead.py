@@ -409,6 +409,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A titled Markdown table, the first column left-aligned and the others right."""
+    return [
+        "",
+        title,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     c = report["config"]
     lines = [
@@ -428,29 +440,23 @@ def markdown(report: dict[str, Any]) -> str:
             f" | {r['audit_events_written']:,} / {r['requests_on']:,} |"
         )
     lat = report["read_latency_at_fixed_rate"]
-    lines += [
-        "",
+    lines += _table(
         f"Read latency at a fixed {lat['rate_per_s']:,.0f} requests/s (ms):",
-        "",
-        "| app | p50 | p95 | p99 | max |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name in ("off", "on"):
-        r = lat[name]
-        lines.append(
-            f"| {name} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |"
-        )
+        ("app", "p50", "p95", "p99", "max"),
+        [
+            (n, f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['max_ms']:.1f}")
+            for n, r in ((n, lat[n]) for n in ("off", "on"))
+        ],
+    )
     w = report["audit_writer_alone"]
-    lines += [
-        "",
+    lines += _table(
         f"The writer process's work alone ({w['events']:,} records, units of {w['chunk']}):",
-        "",
-        "| workload | AuditEvents/s | CPU per AuditEvent |",
-        "|---|---:|---:|",
-    ]
-    for name in ("read", "search"):
-        r = w[name]
-        lines.append(f"| {name} | {r['events_per_s']:,.0f} | {r['cpu_us_per_event']:.0f} us |")
+        ("workload", "AuditEvents/s", "CPU per AuditEvent"),
+        [
+            (n, f"{r['events_per_s']:,.0f}", f"{r['cpu_us_per_event']:.0f} us")
+            for n, r in ((n, w[n]) for n in ("read", "search"))
+        ],
+    )
     lines.append("")
     lines.append(f"Goal: overhead under {report['goal_overhead_percent']:.0f} %.")
     return "\n".join(lines)

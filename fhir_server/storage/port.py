@@ -52,6 +52,12 @@ class NewVersion:
     content: bytes | None  # None for a deletion
     resource: dict[str, Any] | None  # parsed form of ``content``, for indexing
 
+    def stored(self) -> StoredVersion:
+        """This version as the store holds it once written."""
+        return StoredVersion(
+            self.resource_type, self.id, self.version, self.last_updated, self.method, self.content
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryQuery:

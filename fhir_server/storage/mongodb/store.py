@@ -182,14 +182,7 @@ class _MongoUnitOfWork:
                 raise VersionConflict(version.resource_type, version.id, expected, None) from err
             raise
         self.written.append(version)
-        return StoredVersion(
-            version.resource_type,
-            version.id,
-            version.version,
-            version.last_updated,
-            version.method,
-            version.content,
-        )
+        return version.stored()
 
     async def _register_search_parameter(self, resource: dict[str, Any]) -> None:
         """Add a SearchParameter to the registry in use and index the current resources

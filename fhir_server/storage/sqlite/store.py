@@ -335,14 +335,7 @@ class _SqliteUnitOfWork:
             await self._defer(version)
         else:
             await self._write(version)
-        return StoredVersion(
-            version.resource_type,
-            version.id,
-            version.version,
-            version.last_updated,
-            version.method,
-            version.content,
-        )
+        return version.stored()
 
     async def _defer(self, version: NewVersion) -> None:
         key = (version.resource_type, version.id)

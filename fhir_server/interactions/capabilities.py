@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from fhir_server import definitions
 from fhir_server.operations.registry import declared
-from fhir_server.search import registry
+from fhir_server.search import fulltext, registry
 from fhir_server.settings import Settings
 
 SOFTWARE = {"name": "Rehab FHIR Server", "version": "0.1.0"}
@@ -46,10 +46,13 @@ SYSTEM_INTERACTIONS = frozenset({"transaction", "batch", "search-system", "histo
 def _search_params(resource_type: str) -> list[dict[str, Any]]:
     """The parameters the search engine really supports for the type."""
     params = registry.default_registry().for_type(resource_type)
+    full_text = fulltext.indexed(resource_type)
     return [
         {"name": code, "definition": p.url, "type": p.type}
         for code, p in sorted(params.items())
-        if p.indexable or code in ("_id", "_lastUpdated")
+        if p.indexable
+        or code in ("_id", "_lastUpdated")
+        or (code in ("_text", "_content") and full_text)
     ]
 
 

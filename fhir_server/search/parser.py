@@ -112,6 +112,13 @@ class Parser:
         if code in _FULL_TEXT:
             if modifier:
                 raise _Invalid(f"Modifier ':{modifier}' is not supported on '{code}'")
+            unindexed = [t for t in types if not fulltext.indexed(t)]
+            if unindexed:
+                raise _Invalid(
+                    f"'{code}' is not supported for {', '.join(unindexed)}"
+                    " (its records are not full-text indexed; search its other parameters)",
+                    "not-supported",
+                )
             return tuple(self.full_text(code, p) for p in values.split_escaped(raw, ","))
         if modifier == "missing":
             if raw not in ("true", "false"):

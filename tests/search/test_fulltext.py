@@ -181,3 +181,46 @@ async def test_sqlite_reindex_fills_the_full_text_of_older_rows(store: SqliteSto
     search_index.reindex(conn, rows.fetchall())
     conn.commit()
     assert await found(store, "Condition", ("_content", "diab")) == ["c1", "c2"]
+
+
+AUDIT_EVENT = {
+    "resourceType": "AuditEvent",
+    "id": "ae1",
+    "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+    "recorded": "2026-01-01T00:00:00Z",
+    "agent": [{"name": "Angstrom reader", "requestor": True}],
+    "source": {"observer": {"display": "angstrom server"}},
+}
+
+
+async def test_audit_events_get_no_full_text(each_store: Store) -> None:
+    """The audit trail's records are not full-text indexed (fulltext.NOT_INDEXED): a
+    search of the type with _text/_content is refused, one of all types never finds
+    them, and their other parameters still work."""
+    await put_all(each_store, [*RESOURCES, AUDIT_EVENT])
+    assert await found(each_store, None, ("_content", "angstrom")) == ["p1"]
+    with pytest.raises(FhirError) as refused:
+        parse("AuditEvent", [("_content", "angstrom")], strict=True)
+    assert refused.value.issues[0].code == "not-supported"
+    assert "AuditEvent" in (refused.value.issues[0].diagnostics or "")
+    lenient = parse("AuditEvent", [("_text", "angstrom")])
+    assert lenient.ignored == ("_text",)
+    assert await found(each_store, "AuditEvent", ("agent-name", "angstrom")) == ["ae1"]
+    if isinstance(each_store, SqliteStore):
+        (rows,) = each_store.reader.execute(
+            "SELECT count(*) FROM idx_fulltext WHERE rowid ="
+            " (SELECT rid FROM resource WHERE type = 'AuditEvent')"
+        ).fetchone()
+        assert rows == 0
+
+
+def test_the_capability_statement_offers_full_text_where_it_is_indexed() -> None:
+    from fhir_server.interactions.capabilities import _search_params
+
+    def full_text(resource_type: str) -> set[str]:
+        names = {p["name"] for p in _search_params(resource_type)}
+        return names & {"_text", "_content"}
+
+    assert full_text("Patient") == {"_text", "_content"}
+    assert full_text("Bundle") == {"_content"}  # _text is defined on DomainResource
+    assert full_text("AuditEvent") == set()

@@ -113,10 +113,11 @@ def keys(param: Param) -> list[str]:
 
 def index_fields(resource_type: str, resource: dict[str, Any]) -> Document:
     """The index arrays of a resource (every field of :data:`INDEX_FIELDS`) and its
-    full-text strings (:data:`TEXT_FIELDS`)."""
+    full-text strings (:data:`TEXT_FIELDS`; none for the types without full text)."""
     out = _fields(resource_type, extract(resource, registry()))
-    out[TEXT_FIELDS["text"]] = fulltext.text_words(resource)
-    out[TEXT_FIELDS["content"]] = fulltext.content_words(resource)
+    indexed = fulltext.indexed(resource_type)
+    out[TEXT_FIELDS["text"]] = fulltext.text_words(resource) if indexed else ""
+    out[TEXT_FIELDS["content"]] = fulltext.content_words(resource) if indexed else ""
     return out
 
 

@@ -348,12 +348,12 @@ class DateStats:
 class Indexed:
     """What a resource adds to the index, computed without the database: its rows per
     table (``(i, param, *values)``, ``i`` numbering them within the resource's rowid
-    range), the ``idx_date_stats`` figures they raise and its full-text words."""
+    range), the ``idx_date_stats`` figures they raise and its full-text words
+    (``_text``, ``_content``; None for a type without full text)."""
 
     rows: list[tuple[str, list[tuple[Any, ...]]]]
     figures: list[tuple[int, int, int]]
-    text: str
-    content: str
+    words: tuple[str, str] | None
 
 
 def index(
@@ -369,12 +369,10 @@ def index(
     figures = _date_figures(resource_type, entries.dates) if entries.dates else []
     if stats is not None and pending is not None:
         figures = [f for f in figures if stats.raises(*f, pending)]
-    return Indexed(
-        _table_rows(resource_type, entries),
-        figures,
-        fulltext.text_words(resource),
-        fulltext.content_words(resource),
-    )
+    words = None
+    if fulltext.indexed(resource_type):
+        words = (fulltext.text_words(resource), fulltext.content_words(resource))
+    return Indexed(_table_rows(resource_type, entries), figures, words)
 
 
 def write(
@@ -396,10 +394,11 @@ def write_indexed(conn: sqlite3.Connection, rid: int, indexed: Indexed) -> None:
     """Insert the rows of :func:`index` for the resource ``rid`` (which has none)."""
     _insert_rows(conn, rid, indexed.rows)
     _raise_figures(conn, indexed.figures)
-    conn.execute(
-        "INSERT INTO idx_fulltext (rowid, text, content) VALUES (?, ?, ?)",
-        (rid, indexed.text, indexed.content),
-    )
+    if indexed.words is not None:
+        conn.execute(
+            "INSERT INTO idx_fulltext (rowid, text, content) VALUES (?, ?, ?)",
+            (rid, *indexed.words),
+        )
 
 
 def _table_rows(
@@ -538,7 +537,8 @@ class Batch:
                     for i, p, lo, hi, *rest in table_rows
                 ]
             self.rows.setdefault(table, []).extend((n, *row) for row in table_rows)
-        self.fulltext.append((n, indexed.text, indexed.content))
+        if indexed.words is not None:
+            self.fulltext.append((n, *indexed.words))
         self.figures.extend(indexed.figures)
 
     def statements(self, dumps: Any) -> list[tuple[str, tuple[Any, ...]]]:

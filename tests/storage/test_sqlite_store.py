@@ -553,3 +553,34 @@ async def test_the_next_unit_reads_what_the_previous_one_is_committing(tmp_path:
         assert version == 1
     finally:
         await store.close()
+
+
+async def test_a_unit_keeps_a_bounded_amount_of_creates_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past DEFER_BYTES of kept content a unit writes its creates in its transaction
+    (begun then): memory stays bounded and the unit is still all or nothing."""
+    monkeypatch.setattr(store_module, "DEFER_BYTES", 300)
+    store = SqliteStore(str(tmp_path / "big.sqlite"))
+    await store.open()
+    seen: list[tuple[str, str]] = []
+    store.writer.set_trace_callback(lambda sql: seen.append((threading.current_thread().name, sql)))
+    loop_thread = threading.current_thread().name
+    narrative = {"status": "generated", "div": "x" * 100}
+    try:
+        async with store.unit_of_work() as uow:
+            for i in range(10):
+                await uow.put(_patient_version(f"b{i}", text=narrative))
+            inserted_before_the_end = sum(s.startswith("INSERT INTO resource") for _, s in seen)
+            assert (loop_thread, "BEGIN IMMEDIATE") in seen
+        assert inserted_before_the_end >= 3
+        assert await store.count("Patient") == 10
+        with pytest.raises(RuntimeError):
+            async with store.unit_of_work() as uow:
+                for i in range(10):
+                    await uow.put(_patient_version(f"r{i}", text=narrative))
+                raise RuntimeError("abort")
+        assert await store.count("Patient") == 10
+    finally:
+        store.writer.set_trace_callback(None)
+        await store.close()

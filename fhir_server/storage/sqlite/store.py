@@ -97,6 +97,9 @@ THREAD_MIN_CREATES = 8
 # How long a connection waits for another one's lock (another process's unit of work,
 # usually the audit writer's) before the request fails with 503
 BUSY_TIMEOUT_MS = 10_000
+# The most content a unit of work keeps in memory before it writes its creates (in its
+# transaction, begun then): a large import or Binary resources stay bounded.
+DEFER_BYTES = 32 * 1024 * 1024
 WAL_SAFETY_PAGES = 20000  # the writer's own autocheckpoint (about 80 MB of WAL)
 CHECKPOINT_BATCH_SECONDS = 0.5  # commits within this window share one checkpoint
 
@@ -195,12 +198,13 @@ class _Deferred:
     unit needs the database or commits. Their rids are assigned then, in order, after
     the largest one there is (the unit holds the write lock)."""
 
-    __slots__ = ("batch", "keys", "versions")
+    __slots__ = ("batch", "keys", "size", "versions")
 
     def __init__(self) -> None:
         self.versions: list[tuple[int, str, str, int, str, str, str]] = []
         self.keys: set[tuple[str, str]] = set()
         self.batch = search_index.Batch()
+        self.size = 0  # bytes of content kept
 
     def add(self, v: NewVersion, indexed: search_index.Indexed) -> None:
         n = len(self.versions)
@@ -210,6 +214,7 @@ class _Deferred:
         )
         self.keys.add((v.resource_type, v.id))
         self.batch.add(n, indexed)
+        self.size += len(v.content)
 
     def statements(self) -> list[tuple[str, tuple[Any, ...]]]:
         """(SQL, parameters after the first rid); the first one inserts the resources."""
@@ -348,6 +353,8 @@ class _SqliteUnitOfWork:
         if found:
             raise VersionConflict(version.resource_type, version.id, 0, found)
         self.deferred.add(version, self._index(version))
+        if self.deferred.size > DEFER_BYTES:
+            await self._connection()  # begins the unit's transaction and writes them
 
     async def _write(self, version: NewVersion) -> None:
         conn = await self._connection()

@@ -12,10 +12,12 @@ Design:
 - SQLite calls are quick and run on the event loop thread; they never wait on the
   network. Large imports should use the ``load`` command rather than the API. The
   exception is the end of a unit of work: its creates (kept until then, see
-  :class:`_SqliteUnitOfWork`) and its COMMIT run on a commit thread as a few
-  set-based statements, each one call into SQLite without the GIL, while the event
-  loop already prepares the next unit. About a third of a 100-entry transaction's
-  CPU moved to the second core that way (1,386 to 2,125 resources/s over HTTP).
+  :class:`_SqliteUnitOfWork`) and its COMMIT run on a commit thread (from
+  :data:`THREAD_MIN_CREATES` creates on) as a few set-based statements, each one call
+  into SQLite without the GIL, while the event loop already prepares the next unit.
+  About a third of a 100-entry transaction's CPU moved to the second core that way
+  (over HTTP: 1,386 resources/s at best before, 1,768-2,125 in the quick spells of
+  the machine after; see the README's Performance section).
 - WAL checkpoints (copying committed pages from the WAL into the database file, with
   an fsync) run on a background thread with its own connection, woken after commits,
   rather than inside the writer's COMMIT: they took about a fifth of the SQLite time
@@ -274,7 +276,8 @@ def _commit(
     statements: list[tuple[str, tuple[Any, ...]]],
     keys: set[tuple[str, str]],
 ) -> None:
-    """A unit of work's end, on the commit thread: its deferred writes, then COMMIT."""
+    """A unit of work's end: its kept creates, then COMMIT (on the commit thread, or on
+    the event loop's for a small unit, see :data:`THREAD_MIN_CREATES`)."""
     try:
         if not begun:
             _begin(conn)

@@ -32,7 +32,12 @@ capacity) with authorization off and on: what authorization and the audit trail'
 work (batch writes inline, or handing batches to the writer process) add to an
 answer, beyond throughput.
 
-Prints a Markdown table and writes ``bench/results/auth-overhead.json``.
+Last, the writer process's work alone (``--writer-events`` records of reads and of
+searches decoded, their AuditEvents built and stored in the writer's units on a
+fresh store, in this process): AuditEvents per second and CPU per AuditEvent, the
+rate of audited requests one writer process can follow on a core of its own.
+
+Prints Markdown tables and writes ``bench/results/auth-overhead.json``.
 """
 
 from __future__ import annotations

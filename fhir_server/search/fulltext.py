@@ -123,8 +123,27 @@ def content_words(resource: dict[str, Any]) -> str:
     strings: list[str] = []
     _strings(resource, strings)
     # the words of each value, in order, without repeats: the same as the words of
-    # their concatenation (with a separator no word contains)
+    # their concatenation (with a separator no word contains). Runs of ASCII values
+    # (most values) are cut into words together, with one regular expression pass;
+    # the others one by one, remembered (their normalisation is the costly part).
     seen: dict[str, None] = {}
+    run: list[str] = []
     for value in strings:
+        if value.isascii():
+            run.append(value)
+            continue
+        if run:
+            seen.update(dict.fromkeys(_ascii_words(run)))
+            run.clear()
         seen.update(dict.fromkeys(_value_words(value)))
+    if run:
+        seen.update(dict.fromkeys(_ascii_words(run)))
     return " ".join(seen)
+
+
+def _ascii_words(values: list[str]) -> list[str]:
+    """:func:`words` of ASCII values joined by a separator that no word contains."""
+    found = _WORD.findall("\x1f".join(values).lower())
+    if any(len(w) > MAX_WORD for w in found):
+        return [w[:MAX_WORD] for w in found]
+    return found

@@ -70,8 +70,9 @@ _VALUES = st.text(
 def test_content_words_are_the_words_of_all_values_in_order(
     values: list[str], repeats: list[int]
 ) -> None:
-    """Words are taken value by value (short values' words are remembered); the result
-    is the words of all the values together, whichever were seen before."""
+    """Words are taken by runs of ASCII values and value by value for the others
+    (short ones remembered); the result is the words of all the values together,
+    whichever were seen before."""
     picked = values + [values[i] for i in repeats if i < len(values)]
     resource = {"resourceType": "Basic", "extension": [{"valueString": v} for v in picked]}
     strings: list[str] = []

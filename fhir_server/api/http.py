@@ -107,7 +107,8 @@ async def authenticate(request: Request, ctx: Context, req: FhirRequest) -> Cont
     one, and for the public requests."""
     if ctx.authenticator is None or _is_public(req):
         return ctx
-    peer = request.client.host if request.client else None
+    client = request.scope.get("client")  # (host, port), as Request.client reads it
+    peer = client[0] if client else None
     try:
         principal = await ctx.authenticator.authenticate(request.headers.get("authorization"))
     except FhirError as err:

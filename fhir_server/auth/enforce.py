@@ -69,10 +69,7 @@ def not_found(resource_type: str, id: str) -> FhirError:
 def blanket(principal: Principal, interaction: str, resource_type: str | None) -> bool:
     """Does a grant allow the interaction on every resource of the type (a
     ``user/``/``system/`` scope without parameters)? Then no per-resource check."""
-    return any(
-        s.level != "patient" and not s.parameters
-        for s in principal.permissions.granting(interaction, resource_type)
-    )
+    return principal.permissions.blanket(interaction, resource_type)
 
 
 def _require(principal: Principal, interaction: str, resource_type: str | None) -> None:

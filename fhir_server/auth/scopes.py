@@ -374,6 +374,9 @@ class Permissions:
     _granting: dict[tuple[str, str | None], tuple[ResourceScope, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _blanket: dict[tuple[str, str | None], bool] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, scope: str | Iterable[str] | ScopeSet | None) -> Permissions:
@@ -388,6 +391,21 @@ class Permissions:
             found = tuple(s for s in self.scopes.resources if s.applies_to(letter, resource_type))
             if len(self._granting) < 1024:
                 self._granting[key] = found
+        return found
+
+    def blanket(self, interaction: str, resource_type: str | None) -> bool:
+        """Does a scope allow the interaction on every resource of the type (a
+        ``user/``/``system/`` scope without parameters)? Remembered like
+        :meth:`granting`."""
+        key = (interaction, resource_type)
+        found = self._blanket.get(key)
+        if found is None:
+            found = any(
+                s.level != "patient" and not s.parameters
+                for s in self.granting(interaction, resource_type)
+            )
+            if len(self._blanket) < 1024:
+                self._blanket[key] = found
         return found
 
     def allows(

@@ -10,6 +10,9 @@ from typing import Literal
 from urllib.parse import parse_qsl
 
 from fhir_server import jsonio
+from fhir_server.auth import enforce
+from fhir_server.auth.access import search_compartment
+from fhir_server.auth.audit import refuse_server_written
 from fhir_server.errors import FhirError, Issue
 from fhir_server.interactions import bundle, capabilities, history, rest
 from fhir_server.interactions import resources as res
@@ -177,15 +180,10 @@ def interaction_of(method: str, path: str) -> tuple[str | None, list[str]]:
 
 async def _guarded(ctx: Context, req: FhirRequest, route: Route, args: list[str]) -> FhirResponse:
     """Runs a route for an authenticated caller; see :mod:`fhir_server.auth.enforce`."""
-    from fhir_server.auth import enforce
-    from fhir_server.auth.access import search_compartment
-
     principal = ctx.principal
     assert principal is not None
     code = route.code
     if code in enforce.WRITES:
-        from fhir_server.auth.audit import refuse_server_written
-
         refuse_server_written(args[0])
     if code in enforce.READS:
         await enforce.check_read(ctx, principal, code, args)
@@ -255,8 +253,6 @@ async def _route(ctx: Context, req: FhirRequest) -> FhirResponse:
     method = "GET" if req.method == "HEAD" else req.method
     if parts and parts[-1].startswith("$"):
         if ctx.principal is not None:
-            from fhir_server.auth import enforce
-
             await enforce.check_operation(ctx, ctx.principal, req, parts)
         return await operations.invoke(ctx, req, parts)
     if parts and parts[0] not in _LITERALS:

@@ -227,6 +227,7 @@ async def _transaction(
             for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
                 current = e
                 results[e.index] = await _transaction_entry(tx, uow, e, prefer)
+            current = None  # what fails from here on (the commit) is the whole Bundle's
     except FhirError as err:
         if current is not None:
             err.issues = tuple(_in_entry(i, current) for i in err.issues)

@@ -9,13 +9,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fhir_server import jsonio
-from fhir_server.errors import FhirError
+from fhir_server.errors import FhirError, Issue
 from fhir_server.settings import Settings
 from fhir_server.storage.port import (
     ForwardingUnitOfWork,
     NewVersion,
     Store,
     StoredVersion,
+    StoreUnavailable,
     UnitOfWork,
     VersionConflict,
 )
@@ -102,7 +103,9 @@ class Context:
 
         In an audited interaction the new unit records what is written, and the
         interaction's AuditEvent and Provenance are written in it before it commits
-        (see :mod:`fhir_server.auth.audit`): a committed write always has both."""
+        (see :mod:`fhir_server.auth.audit`): a committed write always has both. What
+        the store reports of a unit (a conflict it found when the unit ended, being
+        unable to write for now) becomes the interaction's 409 or 503 here."""
         if self.uow is not None:
             yield self.uow
             return
@@ -119,6 +122,10 @@ class Context:
                     await self.audit.record_writes(uow, self.event)
         except VersionConflict as exc:  # found by the store when the unit ended
             raise conflict(exc) from None
+        except StoreUnavailable as exc:  # nothing was written; worth trying again
+            raise FhirError(
+                503, (Issue("error", exc.code, f"Try again later: {exc}"),), {"Retry-After": "1"}
+            ) from None
         if self.profiles is not None and written:
             register_definitions(self.profiles, written)
 

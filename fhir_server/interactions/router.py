@@ -13,14 +13,13 @@ from fhir_server import jsonio
 from fhir_server.auth import enforce
 from fhir_server.auth.access import search_compartment
 from fhir_server.auth.audit import refuse_server_written
-from fhir_server.errors import FhirError, Issue
+from fhir_server.errors import FhirError
 from fhir_server.interactions import bundle, capabilities, history, rest
 from fhir_server.interactions import resources as res
 from fhir_server.interactions import search as searching
 from fhir_server.interactions.context import Context
 from fhir_server.interactions.model import FhirRequest, FhirResponse
 from fhir_server.operations import registry as operations
-from fhir_server.storage.port import StoreUnavailable
 
 Level = Literal["system", "type", "instance", "version"]
 Handler = Callable[..., Awaitable[FhirResponse]]
@@ -240,15 +239,6 @@ async def dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
 
 
 async def _dispatch(ctx: Context, req: FhirRequest) -> FhirResponse:
-    try:
-        return await _route(ctx, req)
-    except StoreUnavailable as exc:  # nothing was written; worth trying again
-        raise FhirError(
-            503, (Issue("error", exc.code, f"Try again later: {exc}"),), {"Retry-After": "1"}
-        ) from None
-
-
-async def _route(ctx: Context, req: FhirRequest) -> FhirResponse:
     parts = [p for p in req.path.split("/") if p]
     method = "GET" if req.method == "HEAD" else req.method
     if parts and parts[-1].startswith("$"):

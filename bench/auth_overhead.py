@@ -73,8 +73,6 @@ from fhir_server.auth.audit import (
     AuditDraft,
     AuditTrail,
     audit_event,
-    build_events,
-    draft_of_record,
     draft_record,
     store_events,
 )
@@ -312,8 +310,7 @@ async def _writer_capacity(n: int) -> dict[str, Any]:
                 cpu, wall = time.process_time(), time.perf_counter()
                 for start in range(0, n, audit_writer.CHUNK):
                     chunk = records[start : start + audit_writer.CHUNK]
-                    drafts = [draft_of_record(r) for r in chunk]
-                    await store_events(store, build_events(drafts, BASE))
+                    await store_events(store, audit_writer.events(chunk, BASE))
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             finally:
                 await store.close()

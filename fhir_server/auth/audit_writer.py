@@ -165,7 +165,9 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _events(records: Sequence[Any], base_url: str) -> list[dict[str, Any]]:
+def events(records: Sequence[Any], base_url: str) -> list[dict[str, Any]]:
+    """The AuditEvents of records as the child receives them (a record that cannot be
+    read is logged and skipped)."""
     from fhir_server.auth.audit import build_events, draft_of_record
 
     drafts = []
@@ -194,7 +196,7 @@ async def _serve(store: Store, base_url: str, source: IO[bytes], out: IO[bytes])
             try:
                 for start in range(0, len(records), CHUNK):
                     chunk = records[start : start + CHUNK]
-                    await store_events(store, _events(chunk, base_url))
+                    await store_events(store, events(chunk, base_url))
                     written += len(chunk)
             except Exception as exc:  # reported to the server, which takes over
                 log.exception("audit writer: storing a batch failed")

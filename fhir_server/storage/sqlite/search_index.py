@@ -76,6 +76,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.search import fulltext, parser, values
 from fhir_server.search.extract import DateRow, IndexEntries, extract, extract_param
@@ -356,19 +358,10 @@ class Indexed:
     words: tuple[str, str] | None
 
 
-def index(
-    resource_type: str,
-    resource: dict[str, Any],
-    *,
-    stats: DateStats | None = None,
-    pending: dict[int, tuple[int, int]] | None = None,
-) -> Indexed:
-    """The index rows of a resource (see :class:`Indexed`); with ``stats``, only the
-    date figures not known to be in the table already."""
+def index(resource_type: str, resource: dict[str, Any]) -> Indexed:
+    """The index rows of a resource (see :class:`Indexed`)."""
     entries = extract(resource, registry())
     figures = _date_figures(resource_type, entries.dates) if entries.dates else []
-    if stats is not None and pending is not None:
-        figures = [f for f in figures if stats.raises(*f, pending)]
     words = None
     if fulltext.indexed(resource_type):
         words = (fulltext.text_words(resource), fulltext.content_words(resource))
@@ -541,9 +534,9 @@ class Batch:
             self.fulltext.append((n, *indexed.words))
         self.figures.extend(indexed.figures)
 
-    def statements(self, dumps: Any) -> list[tuple[str, tuple[Any, ...]]]:
-        """(SQL, parameters without the first rid) of each statement; ``dumps`` encodes
-        a list as JSON bytes."""
+    def statements(self) -> list[tuple[str, tuple[bytes]]]:
+        """(SQL, parameters without the first rid) of each statement."""
+        dumps = orjson.dumps
         out = [(_BATCH_INSERTS[t], (dumps(rows),)) for t, rows in self.rows.items()]
         if self.fulltext:
             out.append((BATCH_FULLTEXT, (dumps(self.fulltext),)))

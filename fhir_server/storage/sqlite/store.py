@@ -224,7 +224,7 @@ class _Deferred:
         return [
             (_BATCH_RESOURCE, versions),
             (_BATCH_HISTORY, versions),
-            *self.batch.statements(orjson.dumps),
+            *self.batch.statements(),
         ]
 
 
@@ -326,10 +326,12 @@ class _SqliteUnitOfWork:
         return conn
 
     def _index(self, v: NewVersion) -> search_index.Indexed:
+        """The version's index rows, without the date figures known to be stored."""
         assert v.resource is not None
-        return search_index.index(
-            v.resource_type, v.resource, stats=self._store.date_stats, pending=self.date_figures
-        )
+        indexed = search_index.index(v.resource_type, v.resource)
+        stats, pending = self._store.date_stats, self.date_figures
+        indexed.figures = [f for f in indexed.figures if stats.raises(*f, pending)]
+        return indexed
 
     async def read(self, resource_type: str, id: str) -> StoredVersion | None:
         return _read_current(await self._connection(), resource_type, id)
